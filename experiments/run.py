@@ -1,0 +1,110 @@
+"""Train one strategy, tracked in MLflow.
+
+    python -m experiments.run adapter_stage1                    # tiny offline preset
+    python -m experiments.run adapter_stage1 --preset full train.lr=1e-4
+    python -m experiments.run --list
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from experiments.config import ExperimentConfig, as_dict, build_config
+from s2s.config import ConfigError, flatten
+
+
+def load_data(cfg: ExperimentConfig, progress: bool = True):
+    """Train and eval examples plus the counts of skipped samples."""
+    from s2s.data.loader import SkipCounter, load_examples
+
+    source = Path(cfg.data.sources[0])
+    if cfg.synth_if_missing and not source.exists():
+        from s2s.data.synth import synthesize_dataset
+        print(f"{source} is missing: synthesizing {cfg.synth_if_missing} es/it utterances with espeak-ng (once)")
+        synthesize_dataset(source, langs=["es", "it"], n=cfg.synth_if_missing, seed=0)
+    skips = SkipCounter()
+    train = load_examples(cfg.data, "train", skips, progress=progress)
+    evals = load_examples(cfg.data, "eval", skips, progress=progress)
+    return train, evals, skips
+
+
+def build_strategy(cfg: ExperimentConfig, core):
+    from experiments.config import strategy_class
+    return strategy_class(cfg.strategy_name)(cfg.strategy, core)
+
+
+def train(cfg: ExperimentConfig, parent_run_id: str | None = None, progress: bool = True) -> dict:
+    """Run one experiment end to end; returns the trainer's result plus the run id."""
+    from s2s.backbones import FrozenCore
+    from s2s.prepare import make_batch, prepare
+    from s2s.tracking import Run, git_commit
+    from s2s.trainer import Trainer
+
+    tags = {"s2s.strategy": cfg.strategy_name, "s2s.preset": cfg.preset, "s2s.git_commit": git_commit(),
+            **{f"s2s.backbone.{k}": getattr(cfg.backbones, k) for k in ("whisper", "orpheus", "snac")}}
+    with Run(cfg.tracking, tags, parent_run_id=parent_run_id) as run:
+        resolved = as_dict(cfg)
+        run.log_params(flatten(resolved))
+        run.log_dict(resolved, "config.yaml")
+        train_ex, eval_ex, skips = load_data(cfg, progress)
+        run.log_metrics({**skips.as_dict(), "data/train_samples": len(train_ex), "data/eval_samples": len(eval_ex)}, 0)
+
+        core = FrozenCore(cfg.backbones)
+        train_items = prepare(train_ex, core, cfg.cache, progress, "prepare train")
+        eval_items = prepare(eval_ex, core, cfg.cache, progress, "prepare eval")
+        model = build_strategy(cfg, core)
+        run.log_params({"n_trainable_params": model.n_trainable()})
+
+        if cfg.train.out_dir == "outputs":  # one folder per run unless the user chose one
+            cfg.train.out_dir = str(Path("outputs") / cfg.strategy_name / run.run_id)
+        meta = lambda: {"strategy": cfg.strategy_name, "config": resolved, "backbones": core.ids(),  # noqa: E731
+                        "layout": core.layout.to_dict(), "mlflow_run_id": run.run_id, "tracking_uri": run.uri}
+        trainer = Trainer(cfg.train, model, train_items, eval_items, lambda items: make_batch(items, core),
+                          log=run.log_metrics, meta=meta)
+        result = trainer.fit()
+        run.log_metrics({"time/wall_seconds": result["wall_seconds"]}, result["steps"])
+        run.log_artifact(result["checkpoint"], "checkpoint")
+        return {**result, "run_id": run.run_id, "tracking_uri": run.uri, "n_trainable": model.n_trainable()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from experiments.config import PRESETS
+    from s2s.strategies import STRATEGIES
+
+    parser = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("strategy", nargs="?", help="strategy name (see --list)")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.lr=1e-4")
+    parser.add_argument("--preset", default="tiny", choices=PRESETS)
+    parser.add_argument("--config", action="append", default=[], help="extra YAML config file(s)")
+    parser.add_argument("--list", action="store_true", help="list the strategies and exit")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    if args.list or not args.strategy:
+        for name, cls in STRATEGIES.items():
+            print(f"{name:20s} {cls.summary}")
+        return 0 if args.list else 2
+    try:
+        cfg = build_config(args.strategy, args.preset, args.overrides, args.config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.no_progress:
+        cfg.train.progress = False
+    from s2s.tracking import ui_command
+    result = train(cfg, progress=not args.no_progress)
+    final = result["final_eval"]
+    first = result["eval_history"][0][1]
+    print(f"\neval loss (nats/target token): {first['eval/loss']:.4f} at step 0 -> {final['eval/loss']:.4f} "
+          f"at step {result['steps']} (k0: {first.get('eval/loss_k0', float('nan')):.4f} -> "
+          f"{final.get('eval/loss_k0', float('nan')):.4f})")
+    print(f"MLflow run: {result['run_id']}")
+    print(f"checkpoint: {result['checkpoint']}")
+    print(f"open the UI: {ui_command(result['tracking_uri'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""adapter_stage1: SpeechAdapter + ExpansionBlocks in front of the frozen LLM (the card's model).
+
+Sequence per sample (the adapter's audio embeddings take the place of the text in Orpheus'
+human turn, so the LLM is asked to speak what it heard):
+
+    [SOH, start_of_text (, voice ":")] | audio embeds (10 Hz) | [EOT, EOH, SOA, SOS] | speech ids
+                                                                                 targets: speech ids + EOS_speech
+
+The ExpansionBlocks run causal self-attention over the whole embedded sequence and
+cross-attention to the adapter output; their output is the LLM's `inputs_embeds`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from s2s.adapter import FRAME_SECONDS, SpeechAdapter
+from s2s.expansion import OTHER_SLOT, ExpansionBlocks
+from s2s.prepare import Batch
+from s2s.strategies.base import Strategy, TargetLogits, pad_right, pad_states, target_groups, target_slots
+from s2s.tokens import human_prefix, human_suffix, text_ids
+
+
+@dataclass
+class AdapterStage1Config:
+    adapter_hidden: int = field(default=2048, metadata={"range": (1, None)})
+    expansion_width: int = field(default=1024, metadata={"range": (2, None)})
+    expansion_blocks: int = field(default=4, metadata={"range": (1, 64)})
+    expansion_heads: int = field(default=16, metadata={"range": (1, 256)})
+    expansion_ffn: int = field(default=4096, metadata={"range": (1, None)})
+    voice: str = ""  # an Orpheus voice name (e.g. "javi") written before the audio, or none
+
+
+class AdapterStage1(Strategy):
+    name = "adapter_stage1"
+    summary = "SpeechAdapter (5-frame concat) + ExpansionBlocks (self- and cross-attention) -> frozen LLM"
+    Config = AdapterStage1Config
+
+    def __init__(self, cfg: AdapterStage1Config, core):
+        super().__init__(cfg, core)
+        self.adapter = SpeechAdapter(core.whisper_dim, core.llm_dim, cfg.adapter_hidden)
+        self.expansion = ExpansionBlocks(core.llm_dim, core.llm_dim, cfg.expansion_width, cfg.expansion_blocks,
+                                         cfg.expansion_heads, cfg.expansion_ffn)
+        layout = core.layout
+        voice = text_ids(core.tokenizer, f"{cfg.voice}:", layout) if cfg.voice else [layout.start_of_text]
+        self.prefix = human_prefix(layout) + voice
+        self.suffix = human_suffix(layout)
+        self.to(core.device)
+
+    def audio_embeddings(self, batch: Batch, audio_order=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adapter output [B, Ta, D] and frame counts [B], optionally permuted across samples."""
+        states, lengths = pad_states(batch.states, self.core.device)
+        audio, alens = self.adapter(states, lengths)
+        if audio_order is not None:
+            audio, alens = audio[audio_order], alens[audio_order]
+        return audio, alens
+
+    def build_inputs(self, batch: Batch, audio: torch.Tensor, alens: torch.Tensor) -> dict:
+        """Embedded, right-padded sequences and the per-position metadata the blocks need."""
+        core, dev = self.core, self.core.device
+        n_pre, n_suf = len(self.prefix), len(self.suffix)
+        frame_time = core.frame_seconds / FRAME_SECONDS
+        seqs, slots, times, targets = [], [], [], []
+        for i, speech in enumerate(batch.speech_tokens):
+            a, n = int(alens[i]), len(speech)
+            ids = torch.tensor(self.prefix + self.suffix, device=dev)
+            emb = core.embed(torch.cat([ids, speech.to(dev)])).to(audio.dtype)
+            seqs.append(torch.cat([emb[:n_pre], audio[i, :a], emb[n_pre:]]))
+            head = n_pre + a + n_suf - 1  # positions before the one that predicts the first speech id
+            slots.append(torch.cat([torch.full((head,), OTHER_SLOT, device=dev), target_slots(n, dev)]))
+            t_audio = torch.arange(a, device=dev, dtype=torch.float32)
+            t_speech = (torch.arange(n + 1, device=dev) // 7).float() * frame_time
+            times.append(torch.cat([torch.zeros(n_pre, device=dev), t_audio, torch.zeros(n_suf - 1, device=dev),
+                                    t_speech]))
+            targets.append(torch.arange(head, head + n + 1, device=dev))
+        x, mask = pad_right(seqs)
+        return dict(x=x, mask=mask, slots=pad_right(slots, OTHER_SLOT)[0], times=pad_right(times)[0],
+                    targets=targets)
+
+    def forward(self, batch: Batch, audio_order: torch.Tensor | None = None) -> TargetLogits:
+        core, dev = self.core, self.core.device
+        audio, alens = self.audio_embeddings(batch, audio_order)
+        inp = self.build_inputs(batch, audio, alens)
+        audio_mask = torch.arange(audio.shape[1], device=dev)[None, :] < alens[:, None]
+        expanded = self.expansion(inp["x"], audio, audio_mask, inp["slots"], inp["times"], inp["mask"])
+        hidden = core.hidden_states(expanded, inp["mask"].long())
+        rows = torch.cat([torch.full_like(t, i) for i, t in enumerate(inp["targets"])])
+        cols = torch.cat(inp["targets"])
+        labels = torch.cat([torch.cat([s.to(dev), torch.tensor([core.layout.end_of_speech], device=dev)])
+                            for s in batch.speech_tokens])
+        groups = torch.cat([target_groups(len(s), dev) for s in batch.speech_tokens])
+        return TargetLogits(core.logits(hidden[rows, cols]), labels, groups, rows)

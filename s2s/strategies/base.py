@@ -1,0 +1,104 @@
+"""The strategy interface: one way of teaching the frozen LLM to listen.
+
+A strategy owns its trainable modules and turns a `Batch` into logits at the target positions
+(the speech tokens and end_of_speech). The trainer sees only this interface.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from s2s.backbones import FrozenCore
+from s2s.expansion import OTHER_SLOT
+from s2s.prepare import Batch
+from s2s.tokens import FRAME
+
+# Metric groups of the target tokens: frame position k0..k6 of an audio id, or the end token.
+GROUP_NAMES = tuple(f"k{k}" for k in range(FRAME)) + ("eos",)
+
+
+@dataclass
+class TargetLogits:
+    logits: torch.Tensor  # [N, V] float32 at the N target positions of the batch
+    labels: torch.Tensor  # [N] int64 target ids
+    groups: torch.Tensor  # [N] int64 index into GROUP_NAMES
+    sample: torch.Tensor  # [N] int64 which sample of the batch each target belongs to
+
+
+class Strategy(nn.Module):
+    """Subclasses set `name`, `summary`, `Config` (a dataclass) and implement `forward`."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, cfg, core: FrozenCore):
+        super().__init__()
+        self.cfg = cfg
+        self.core = core  # a plain attribute: the frozen weights never enter state_dict or the optimizer
+
+    def forward(self, batch: Batch, audio_order: torch.Tensor | None = None) -> TargetLogits:
+        """Logits for every target token of the batch.
+
+        `audio_order` [B] (optional) makes sample i listen to sample audio_order[i]'s audio: the
+        shuffled-audio ablation, which shows how much of the loss depends on the input speech.
+        """
+        raise NotImplementedError
+
+    def count_targets(self, batch: Batch) -> int:
+        """Target tokens in a batch (speech tokens + end_of_speech per sample), known before forward."""
+        return sum(len(t) + 1 for t in batch.speech_tokens)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load weights saved by `trainable_state_dict`; names and shapes must match exactly."""
+        own = dict(self.named_parameters())
+        expected = {n for n, p in own.items() if p.requires_grad}
+        missing, unexpected = expected - state.keys(), state.keys() - own.keys()
+        wrong = [f"{n}: checkpoint {tuple(state[n].shape)} vs model {tuple(own[n].shape)}"
+                 for n in expected & state.keys() if state[n].shape != own[n].shape]
+        if missing or unexpected or wrong:
+            raise ValueError(f"checkpoint does not fit strategy '{self.name}': missing {sorted(missing)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]}, wrong shapes {wrong[:5]}")
+        with torch.no_grad():
+            for n, t in state.items():
+                own[n].copy_(t)
+
+    def n_trainable(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+# --- helpers shared by strategies ---------------------------------------------------------
+
+def pad_states(states: list[torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged [T_i, D] -> padded [B, T, D] and lengths [B]."""
+    lengths = torch.tensor([len(s) for s in states], device=device)
+    return nn.utils.rnn.pad_sequence(states, batch_first=True).to(device), lengths
+
+
+def target_slots(n_speech: int, device) -> torch.Tensor:
+    """Slot (frame position of the predicted token) for the n_speech + 1 target positions [n+1]."""
+    return torch.arange(n_speech + 1, device=device) % FRAME
+
+
+def target_groups(n_speech: int, device) -> torch.Tensor:
+    g = target_slots(n_speech, device)
+    g[-1] = len(GROUP_NAMES) - 1  # the end_of_speech target
+    return g
+
+
+def pad_right(seqs: list[torch.Tensor], value=0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged [L_i, ...] -> padded [B, L, ...] and a bool mask [B, L] of real positions."""
+    lengths = torch.tensor([len(s) for s in seqs])
+    padded = nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=value)
+    mask = torch.arange(padded.shape[1])[None, :] < lengths[:, None]
+    return padded, mask.to(padded.device)
+
+
+__all__ = ["Strategy", "TargetLogits", "GROUP_NAMES", "OTHER_SLOT", "pad_states", "pad_right",
+           "target_slots", "target_groups"]
