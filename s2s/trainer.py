@@ -114,8 +114,8 @@ class Trainer:
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
-    def train_step(self, micro_batches: list) -> dict[str, float]:
-        """One optimizer step over `micro_batches`; returns train metrics of the step."""
+    def accumulate_gradients(self, micro_batches: list) -> dict[str, float]:
+        """Backward over all micro-batches of one step, each token weighted 1 / (tokens of the step)."""
         n_tokens = torch.tensor(float(sum(self.model.count_targets(b) for b in micro_batches)), device=self.device)
         if self.world > 1:
             dist.all_reduce(n_tokens)
@@ -128,14 +128,18 @@ class Trainer:
             loss_sum += loss.item()
             with torch.no_grad():
                 nll_sum += token_loss_sum(out).item() if self.cfg.label_smoothing else loss.item()
+        n = n_tokens.item()
+        return {"train/loss": loss_sum / n, "train/nll": nll_sum / n, "train/tokens": n}
+
+    def train_step(self, micro_batches: list) -> dict[str, float]:
+        """One optimizer step over `micro_batches`; returns train metrics of the step."""
+        metrics = self.accumulate_gradients(micro_batches)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm or float("inf"))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        n = n_tokens.item()
-        return {"train/loss": loss_sum / n, "train/nll": nll_sum / n, "train/grad_norm": float(norm),
-                "train/lr": self.scheduler.get_last_lr()[0], "train/tokens": n}
+        return {**metrics, "train/grad_norm": float(norm), "train/lr": self.scheduler.get_last_lr()[0]}
 
     def evaluate(self) -> dict[str, float]:
         with self._autocast():
