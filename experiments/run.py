@@ -29,43 +29,89 @@ def load_data(cfg: ExperimentConfig, progress: bool = True):
     return train, evals, skips
 
 
+def prepared_data(cfg: ExperimentConfig, core, progress: bool = True):
+    """(train items, eval items, skip counts), targets and features read from the cache when present."""
+    from s2s.prepare import prepare
+    train_ex, eval_ex, skips = load_data(cfg, progress)
+    return (prepare(train_ex, core, cfg.cache, progress, "prepare train"),
+            prepare(eval_ex, core, cfg.cache, progress, "prepare eval"), skips)
+
+
 def build_strategy(cfg: ExperimentConfig, core):
     from experiments.config import strategy_class
     return strategy_class(cfg.strategy_name)(cfg.strategy, core)
 
 
-def train(cfg: ExperimentConfig, parent_run_id: str | None = None, progress: bool = True) -> dict:
-    """Run one experiment end to end; returns the trainer's result plus the run id."""
+def load_trained(checkpoint: str, overrides: list[str] = ()):
+    """Rebuild (config, core, strategy) from a checkpoint directory; `overrides` as on the command line."""
+    from experiments.config import config_from_dict
     from s2s.backbones import FrozenCore
-    from s2s.prepare import make_batch, prepare
+    from s2s.config import apply_overrides, validate
+    from s2s.checkpoint import load_checkpoint
+
+    weights, meta = load_checkpoint(checkpoint)
+    cfg = config_from_dict(meta["config"])
+    apply_overrides(cfg, list(overrides))
+    validate(cfg)
+    core = FrozenCore(cfg.backbones)
+    model = build_strategy(cfg, core)
+    model.load_trainable_state_dict(weights)
+    return cfg, core, model
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    """Identity of what a run trains on and how (not where it logs or writes)."""
+    import hashlib
+    import json
+    d = as_dict(cfg)
+    d.pop("tracking", None)
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("out_dir", "progress")}
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def train(cfg: ExperimentConfig, parent_run_id: str | None = None, progress: bool = True,
+          on_eval=None) -> dict:
+    """Run one experiment end to end; returns the trainer's result plus the run id.
+
+    `on_eval(step, eval_metrics)`, if given, is called after every evaluation (the trainer's hook);
+    an exception it raises stops training and ends the run (optuna.TrialPruned: KILLED, tagged pruned).
+    """
+    import torch
+
+    from s2s.backbones import FrozenCore
+    from s2s.prepare import make_batch
     from s2s.tracking import Run, git_commit
     from s2s.trainer import Trainer
 
     tags = {"s2s.strategy": cfg.strategy_name, "s2s.preset": cfg.preset, "s2s.git_commit": git_commit(),
+            "s2s.config_hash": config_hash(cfg),
             **{f"s2s.backbone.{k}": getattr(cfg.backbones, k) for k in ("whisper", "orpheus", "snac")}}
     with Run(cfg.tracking, tags, parent_run_id=parent_run_id) as run:
         resolved = as_dict(cfg)
         run.log_params(flatten(resolved))
         run.log_dict(resolved, "config.yaml")
-        train_ex, eval_ex, skips = load_data(cfg, progress)
-        run.log_metrics({**skips.as_dict(), "data/train_samples": len(train_ex), "data/eval_samples": len(eval_ex)}, 0)
-
         core = FrozenCore(cfg.backbones)
-        train_items = prepare(train_ex, core, cfg.cache, progress, "prepare train")
-        eval_items = prepare(eval_ex, core, cfg.cache, progress, "prepare eval")
+        train_items, eval_items, skips = prepared_data(cfg, core, progress)
+        run.log_metrics({**skips.as_dict(), "data/train_samples": len(train_items),
+                         "data/eval_samples": len(eval_items)}, 0)
+        torch.manual_seed(cfg.train.seed)  # the seed decides the initial trainable weights too
         model = build_strategy(cfg, core)
         run.log_params({"n_trainable_params": model.n_trainable()})
 
         if cfg.train.out_dir == "outputs":  # one folder per run unless the user chose one
             cfg.train.out_dir = str(Path("outputs") / cfg.strategy_name / run.run_id)
+        elif parent_run_id:  # one of several runs (a comparison) sharing the chosen folder: one inside it each
+            cfg.train.out_dir = str(Path(cfg.train.out_dir) / cfg.strategy_name / run.run_id)
         meta = lambda: {"strategy": cfg.strategy_name, "config": resolved, "backbones": core.ids(),  # noqa: E731
                         "layout": core.layout.to_dict(), "mlflow_run_id": run.run_id, "tracking_uri": run.uri}
         trainer = Trainer(cfg.train, model, train_items, eval_items, lambda items: make_batch(items, core),
-                          log=run.log_metrics, meta=meta)
+                          log=run.log_metrics, meta=meta, on_eval=on_eval or (lambda step, metrics: None))
         result = trainer.fit()
         run.log_metrics({"time/wall_seconds": result["wall_seconds"]}, result["steps"])
         run.log_artifact(result["checkpoint"], "checkpoint")
-        return {**result, "run_id": run.run_id, "tracking_uri": run.uri, "n_trainable": model.n_trainable()}
+        run.set_tags({"s2s.checkpoint": str(Path(result["checkpoint"]).resolve())})
+        return {**result, "run_id": run.run_id, "tracking_uri": run.uri, "n_trainable": model.n_trainable(),
+                "model": model, "eval_items": eval_items, "collate": trainer.collate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,9 +70,12 @@ def _load_error(kind: str, source: str, err: Exception) -> BackboneError:
 def _from_pretrained(kind: str, loader, source: str, **kwargs):
     try:
         return loader(source, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as e:
+    except Exception as e:  # a local directory can be broken in many ways (bad config keys, truncated weights)
         if os.path.isdir(source):
-            raise BackboneError(f"the {kind} directory '{source}' exists but could not be loaded: {e}") from None
+            raise BackboneError(f"the {kind} directory '{source}' exists but could not be loaded "
+                                f"({type(e).__name__}: {e})") from None
+        if not isinstance(e, (OSError, ValueError)):
+            raise
         raise _load_error(kind, source, e) from None
 
 

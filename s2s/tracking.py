@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +121,11 @@ class Run:
 
     def __exit__(self, exc_type, exc, tb):
         status = "FINISHED" if exc_type is None else "KILLED" if exc_type is KeyboardInterrupt else "FAILED"
-        if exc is not None:
+        optuna = sys.modules.get("optuna")  # a pruned search trial stopped on purpose: KILLED, not FAILED
+        if exc_type is not None and optuna is not None and issubclass(exc_type, optuna.TrialPruned):
+            status = "KILLED"
+            self.set_tags({"s2s.pruned": "true", "s2s.pruned_reason": str(exc)[:500]})
+        elif exc is not None:
             self.set_tags({"s2s.failure": f"{exc_type.__name__}: {str(exc)[:500]}"})
         self.end(status)
         return False

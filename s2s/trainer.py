@@ -71,16 +71,21 @@ class Trainer:
     """Trains `model` (a Strategy: forward(batch) -> TargetLogits, count_targets, trainable_state_dict).
 
     `collate(list_of_items) -> batch`; `log(metrics, step)` receives every metric (tracking is
-    the caller's business); `meta()` returns the metadata written into every checkpoint.
+    the caller's business); `meta()` returns the metadata written into every checkpoint;
+    `on_eval(step, eval_metrics)` is called after every evaluation (once logged): an exception it
+    raises (e.g. optuna.TrialPruned) stops training and propagates out of `fit`.
     """
 
     def __init__(self, cfg: TrainConfig, model, train_items: list, eval_items: list, collate: Callable,
-                 log: Callable[[dict, int], None] = lambda m, s: None, meta: Callable[[], dict] = dict):
+                 log: Callable[[dict, int], None] = lambda m, s: None, meta: Callable[[], dict] = dict,
+                 on_eval: Callable[[int, dict], None] = lambda s, m: None):
         self.cfg, self.model, self.collate, self.log, self.meta = cfg, model, collate, log, meta
+        self.on_eval = on_eval
         self.train_items, self.eval_items = train_items, eval_items
         self.rank, self.world = _rank_world()
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        groups = model.param_groups(cfg.lr) if hasattr(model, "param_groups") else [{"params": self.params}]
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         per_step = cfg.batch_size * cfg.grad_accum * self.world
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train_items) / per_step))
         warmup = math.ceil(cfg.warmup_ratio * self.total_steps)
@@ -167,17 +172,21 @@ class Trainer:
         last_eval = self.evaluate()
         self.log(last_eval, self.state.step)
         history.append((self.state.step, last_eval))
+        self.on_eval(self.state.step, last_eval)
         bar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", disable=not cfg.progress)
         checkpoint = None
         while self.state.step < self.total_steps:
             metrics = self.train_step(self._next_micro_batches())
             metrics["train/epoch"] = self.state.epoch + self.state.cursor / max(1, len(self.train_items))
             step = self.state.step
-            if step % cfg.eval_every == 0 or step == self.total_steps:
+            evaluated = step % cfg.eval_every == 0 or step == self.total_steps
+            if evaluated:
                 last_eval = self.evaluate()
                 metrics.update(last_eval)
                 history.append((step, last_eval))
             self.log(metrics, step)
+            if evaluated:
+                self.on_eval(step, last_eval)
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['train/nll']:.3f}", eval=f"{last_eval['eval/loss']:.3f}")
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.total_steps:

@@ -12,13 +12,15 @@ cross-attention to the adapter output; their output is the LLM's `inputs_embeds`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
 from s2s.adapter import FRAME_SECONDS, SpeechAdapter
 from s2s.expansion import OTHER_SLOT, ExpansionBlocks
 from s2s.prepare import Batch
-from s2s.strategies.base import Strategy, TargetLogits, pad_right, pad_states, target_groups, target_slots
+from s2s.search_space import TRAIN_SEARCH_SPACE
+from s2s.strategies.base import Strategy, TargetLogits, pad_right, pad_states, target_logits, target_slots
 from s2s.tokens import human_prefix, human_suffix, text_ids
 
 
@@ -30,6 +32,10 @@ class AdapterStage1Config:
     expansion_heads: int = field(default=16, metadata={"range": (1, 256)})
     expansion_ffn: int = field(default=4096, metadata={"range": (1, None)})
     voice: str = ""  # an Orpheus voice name (e.g. "javi") written before the audio, or none
+
+    # Default hyperparameter search space (python -m experiments.search; format: s2s/search_space.py).
+    SEARCH_SPACE: ClassVar[dict] = {**TRAIN_SEARCH_SPACE,
+                                   "strategy.expansion_blocks": {"type": "int", "low": 1, "high": 4}}
 
 
 class AdapterStage1(Strategy):
@@ -78,16 +84,16 @@ class AdapterStage1(Strategy):
         return dict(x=x, mask=mask, slots=pad_right(slots, OTHER_SLOT)[0], times=pad_right(times)[0],
                     targets=targets)
 
-    def forward(self, batch: Batch, audio_order: torch.Tensor | None = None) -> TargetLogits:
-        core, dev = self.core, self.core.device
+    def expand(self, batch: Batch, audio_order: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(embedded sequence x [B, L, D], expansion output [B, L, D], inputs metadata)."""
+        dev = self.core.device
         audio, alens = self.audio_embeddings(batch, audio_order)
         inp = self.build_inputs(batch, audio, alens)
         audio_mask = torch.arange(audio.shape[1], device=dev)[None, :] < alens[:, None]
         expanded = self.expansion(inp["x"], audio, audio_mask, inp["slots"], inp["times"], inp["mask"])
-        hidden = core.hidden_states(expanded, inp["mask"].long())
-        rows = torch.cat([torch.full_like(t, i) for i, t in enumerate(inp["targets"])])
-        cols = torch.cat(inp["targets"])
-        labels = torch.cat([torch.cat([s.to(dev), torch.tensor([core.layout.end_of_speech], device=dev)])
-                            for s in batch.speech_tokens])
-        groups = torch.cat([target_groups(len(s), dev) for s in batch.speech_tokens])
-        return TargetLogits(core.logits(hidden[rows, cols]), labels, groups, rows)
+        return inp["x"], expanded, inp
+
+    def forward(self, batch: Batch, audio_order: torch.Tensor | None = None) -> TargetLogits:
+        _, expanded, inp = self.expand(batch, audio_order)
+        hidden = self.core.hidden_states(expanded, inp["mask"].long())
+        return target_logits(self.core, hidden, inp["targets"], batch.speech_tokens)

@@ -37,6 +37,9 @@ class Strategy(nn.Module):
 
     def __init__(self, cfg, core: FrozenCore):
         super().__init__()
+        if getattr(core, "adapted_by", None):
+            raise RuntimeError(f"this FrozenCore's LLM carries LoRA layers injected by '{core.adapted_by}'; "
+                               f"load a fresh FrozenCore for another strategy")
         self.cfg = cfg
         self.core = core  # a plain attribute: the frozen weights never enter state_dict or the optimizer
 
@@ -52,14 +55,23 @@ class Strategy(nn.Module):
         """Target tokens in a batch (speech tokens + end_of_speech per sample), known before forward."""
         return sum(len(t) + 1 for t in batch.speech_tokens)
 
+    def saved_names(self) -> set[str]:
+        """Parameters a checkpoint holds: the trainable ones (a strategy may add frozen ones it owns)."""
+        return {n for n, p in self.named_parameters() if p.requires_grad}
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimizer parameter groups; one group at the trainer's learning rate unless overridden."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+        names = self.saved_names()
+        return {n: p.detach() for n, p in self.named_parameters() if n in names}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load weights saved by `trainable_state_dict`; names and shapes must match exactly."""
         own = dict(self.named_parameters())
-        expected = {n for n, p in own.items() if p.requires_grad}
-        missing, unexpected = expected - state.keys(), state.keys() - own.keys()
+        expected = self.saved_names()
+        missing, unexpected = expected - state.keys(), state.keys() - expected
         wrong = [f"{n}: checkpoint {tuple(state[n].shape)} vs model {tuple(own[n].shape)}"
                  for n in expected & state.keys() if state[n].shape != own[n].shape]
         if missing or unexpected or wrong:
@@ -92,6 +104,17 @@ def target_groups(n_speech: int, device) -> torch.Tensor:
     return g
 
 
+def target_logits(core, hidden: torch.Tensor, targets: list[torch.Tensor], speech: list[torch.Tensor]) -> TargetLogits:
+    """Logits at the target positions: hidden [B, L, H], targets[i] = the positions [n_i + 1]
+    that predict sample i's speech ids and then end_of_speech."""
+    dev = hidden.device
+    rows = torch.cat([torch.full_like(t, i) for i, t in enumerate(targets)])
+    eos = torch.tensor([core.layout.end_of_speech], device=dev)
+    labels = torch.cat([torch.cat([s.to(dev), eos]) for s in speech])
+    groups = torch.cat([target_groups(len(s), dev) for s in speech])
+    return TargetLogits(core.logits(hidden[rows, torch.cat(targets)]), labels, groups, rows)
+
+
 def pad_right(seqs: list[torch.Tensor], value=0) -> tuple[torch.Tensor, torch.Tensor]:
     """Ragged [L_i, ...] -> padded [B, L, ...] and a bool mask [B, L] of real positions."""
     lengths = torch.tensor([len(s) for s in seqs])
@@ -101,4 +124,4 @@ def pad_right(seqs: list[torch.Tensor], value=0) -> tuple[torch.Tensor, torch.Te
 
 
 __all__ = ["Strategy", "TargetLogits", "GROUP_NAMES", "OTHER_SLOT", "pad_states", "pad_right",
-           "target_slots", "target_groups"]
+           "target_slots", "target_groups", "target_logits"]

@@ -1,0 +1,100 @@
+"""gatefusion_stage2: a learned gate blending stage-1's expansion output with the plain embeddings.
+
+LLaMA-Omni 2's gate (REFERENCE section 4), applied per position and channel:
+
+    g = sigmoid(W [h; e] + b)        h: stage-1 ExpansionBlocks output, e: the embedded sequence
+    blend = g * h + (1 - g) * e
+    fused = h + s * (blend - h)      s: per-channel scale, zero at init
+
+The zero-initialised scale `s` makes stage 2 start exactly where stage 1 ended (fused == h at
+step 0); s receives gradient from the first step (d fused / d s = blend - h), W and b from the
+second (their gradient is proportional to s).
+The stage-1 adapter and ExpansionBlocks come from `init_from` (a stage-1 checkpoint); they are
+frozen unless `train_stage1`, then trained at `stage1_lr`. Checkpoints of this strategy hold
+the stage-1 weights too, so they are self-contained.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from s2s.checkpoint import CheckpointError, load_checkpoint
+from s2s.prepare import Batch
+from s2s.search_space import TRAIN_SEARCH_SPACE
+from s2s.strategies.adapter_stage1 import AdapterStage1, AdapterStage1Config
+from s2s.strategies.base import Strategy, TargetLogits, target_logits
+
+
+@dataclass
+class GateFusionStage2Config:
+    init_from: str = ""  # a stage-1 (adapter_stage1) checkpoint directory: required
+    train_stage1: bool = False
+    stage1_lr: float | None = field(default=None, metadata={"range": (0.0, 1.0)})  # None: the trainer's lr
+
+    # Default hyperparameter search space (python -m experiments.search; format: s2s/search_space.py).
+    SEARCH_SPACE: ClassVar[dict] = {**TRAIN_SEARCH_SPACE,
+                                   "strategy.train_stage1": {"type": "categorical", "choices": [False, True]}}
+
+
+def _stage1_from(path: str, core) -> AdapterStage1:
+    if not path:
+        raise ValueError("gatefusion_stage2 needs a stage-1 checkpoint: pass strategy.init_from=<dir of an "
+                         "adapter_stage1 run's checkpoint>, e.g. outputs/adapter_stage1/<run id>/final")
+    try:
+        weights, meta = load_checkpoint(path)
+    except CheckpointError as e:
+        raise ValueError(f"strategy.init_from: {e}") from None
+    if meta.get("strategy") != AdapterStage1.name:
+        raise ValueError(f"strategy.init_from={path} is a '{meta.get('strategy')}' checkpoint; gatefusion_stage2 "
+                         f"starts from an '{AdapterStage1.name}' checkpoint")
+    cfg = AdapterStage1Config()
+    for k, v in (meta.get("config", {}).get("strategy") or {}).items():
+        if hasattr(cfg, k):
+            setattr(cfg, k, v)
+    stage1 = AdapterStage1(cfg, core)
+    try:
+        stage1.load_trainable_state_dict(weights)
+    except ValueError as e:
+        raise ValueError(f"strategy.init_from={path} does not match this core's dimensions "
+                         f"(whisper {core.whisper_dim}, llm {core.llm_dim}): {e}") from None
+    return stage1
+
+
+class GateFusionStage2(Strategy):
+    name = "gatefusion_stage2"
+    summary = "stage 2: learned gate g*h + (1-g)*e over a stage-1 checkpoint's expansion output (init_from=...)"
+    Config = GateFusionStage2Config
+
+    def __init__(self, cfg: GateFusionStage2Config, core):
+        super().__init__(cfg, core)
+        self.stage1 = _stage1_from(cfg.init_from, core)
+        self.stage1.requires_grad_(cfg.train_stage1)
+        d = core.llm_dim
+        self.gate = nn.Linear(2 * d, d)
+        nn.init.normal_(self.gate.weight, std=0.02)
+        nn.init.zeros_(self.gate.bias)
+        self.scale = nn.Parameter(torch.zeros(d))
+        self.to(core.device)
+
+    def saved_names(self) -> set[str]:
+        return {n for n, _ in self.named_parameters()}  # stage 1 included, trained or not
+
+    def param_groups(self, lr: float) -> list[dict]:
+        groups = [{"params": [*self.gate.parameters(), self.scale], "lr": lr}]
+        if self.cfg.train_stage1:
+            groups.append({"params": list(self.stage1.parameters()), "lr": self.cfg.stage1_lr or lr})
+        return groups
+
+    def fuse(self, e: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Gate-blend [B, L, D] embeddings e and expansion output h -> [B, L, D]."""
+        g = torch.sigmoid(self.gate(torch.cat([h, e], dim=-1)))
+        blend = g * h + (1 - g) * e
+        return h + self.scale * (blend - h)
+
+    def forward(self, batch: Batch, audio_order: torch.Tensor | None = None) -> TargetLogits:
+        e, h, inp = self.stage1.expand(batch, audio_order)
+        hidden = self.core.hidden_states(self.fuse(e, h), inp["mask"].long())
+        return target_logits(self.core, hidden, inp["targets"], batch.speech_tokens)
