@@ -1,6 +1,7 @@
 """Shared pytest fixtures."""
 
 import pytest
+pytest_plugins = ["tests.core_fixtures"]
 
 
 @pytest.fixture(scope="session")
