@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="report folder (default reports/compare-<time>)")
     parser.add_argument("--no-reuse", action="store_true", help="retrain even if an identical finished run exists")
     parser.add_argument("--no-progress", action="store_true")
-    a = parser.parse_args(argv)
+    a = parser.parse_intermixed_args(argv)
     strategies = [x for x in a.args if "=" not in x]
     overrides = [x for x in a.args if "=" in x]
     try:

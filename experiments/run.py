@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", action="append", default=[], help="extra YAML config file(s)")
     parser.add_argument("--list", action="store_true", help="list the strategies and exit")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     if args.list or not args.strategy:
         for name, cls in STRATEGIES.items():
