@@ -1,0 +1,81 @@
+"""Shared helpers: the benchmark dataset, the tiny-preset config and the report header."""
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+BENCH_CACHE = Path(".cache/bench")
+# Enough utterances for 64 training items plus a small held-out eval split.
+SYNTH_N = 72
+EVAL_SIZE = 8
+
+
+def ensure_dataset(n: int = SYNTH_N, seed: int = 0) -> Path:
+    """A synthesized es/it dataset under .cache/bench (built once with espeak-ng)."""
+    path = BENCH_CACHE / f"synth-n{n}-seed{seed}"
+    if not (path / "dataset_info.json").exists():
+        from s2s.data.synth import synthesize_dataset
+        print(f"building the benchmark dataset {path} ({n} utterances, once) ...", flush=True)
+        synthesize_dataset(path, langs=["es", "it"], n=n, seed=seed, progress=False)
+    return path
+
+
+def tiny_config(max_train: int, extra: list[str] = ()):
+    """The tiny preset's adapter_stage1 config, pointed at the benchmark dataset.
+
+    The tiny backbones are the preset's (same builder, same seeds) but live in .cache/bench/tiny,
+    so a benchmark never races another process that rebuilds or removes .cache/s2s/tiny.
+    """
+    from experiments.config import build_config
+
+    data = ensure_dataset()
+    tiny = BENCH_CACHE / "tiny"
+    overrides = [f"data.sources=[{data}]", f"data.eval_size={EVAL_SIZE}", f"data.max_samples={max_train}",
+                 "train.progress=false", "backbones.build_tiny=true",
+                 *(f"backbones.{k}={tiny / k}" for k in ("whisper", "orpheus", "snac")), *extra]
+    return build_config("adapter_stage1", "tiny", overrides)
+
+
+def load_train_examples(cfg) -> list:
+    from s2s.data.loader import load_examples
+    return load_examples(cfg.data, "train", progress=False)
+
+
+def header(title: str) -> None:
+    """What ran, where: the exact command, the machine and the torch threading."""
+    exe = Path(sys.executable)
+    exe = exe.relative_to(Path.cwd()).as_posix() if exe.is_relative_to(Path.cwd()) else str(exe)
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    target = ["-m", spec.name] if spec is not None else [sys.argv[0]]
+    cmd = " ".join([exe, *target, *map(shlex.quote, sys.argv[1:])])
+    print(f"== {title}")
+    print(f"command : {cmd}")
+    print(f"machine : {platform.node()} | {platform.machine()} | {os.cpu_count()} logical cores "
+          f"(usable {len(os.sched_getaffinity(0))}) | {platform.processor() or _cpu_model()}")
+    print(f"python  : {platform.python_version()} | torch {torch.__version__} | intra-op threads "
+          f"{torch.get_num_threads()} | inter-op threads {torch.get_num_interop_threads()} | "
+          f"cuda {'yes' if torch.cuda.is_available() else 'no'}")
+    print(f"load    : {loadavg()} at start (other processes share these cores: compare ratios, not times)")
+
+
+def loadavg() -> str:
+    """The 1/5/15-minute load averages: how busy the machine was around a measurement."""
+    try:
+        return "/".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown cpu"
