@@ -9,7 +9,12 @@ Random frozen weights mislead unless two things are fixed (REFERENCE section 8):
 - a random SNAC encoder emits a nearly constant latent, so every frame gets the same code: each
   quantizer's input is re-centred on real (synthesized) speech, so codes vary with the audio;
 - a random tied LLM head with std 0.02 cannot put much mass on any token, which puts a floor of
-  several nats under any loss: the tied embedding is drawn with std 0.1.
+  several nats under any loss: the tied embedding is drawn with std 0.1;
+- random, unstructured audio embeddings in 128 dimensions cannot express "any code of frame
+  position k" (a distribution over a set of 256 ids needs a direction shared by the set), which
+  puts a floor above ln(256) under the coarse-code (k0) loss whatever the model knows. A trained
+  LM's embeddings cluster by codebook; here each frame position's 256 ids share a random
+  centroid of norm POSITION_CENTROID_NORM added to their own random vectors.
 These weights are random: results on this preset say the code works, not how good a method is.
 """
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 
 TINY_CODEBOOK = 256
 TINY_TEXT_VOCAB = 512
+POSITION_CENTROID_NORM = 0.5
 SPECIALS = ["<|begin_of_text|>", "<|eot_id|>", "<|pad|>"]
 SNAC_CONFIG = dict(sampling_rate=24000, encoder_dim=8, encoder_rates=[2, 4, 8, 8], decoder_dim=64,
                    decoder_rates=[8, 8, 4, 2], attn_window_size=None, codebook_size=TINY_CODEBOOK,
@@ -72,7 +78,13 @@ def build_orpheus(out: Path, texts: list[str], seed: int = 0) -> None:
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     with torch.no_grad():  # std 0.1, not 0.02: see the module docstring
-        model.get_input_embeddings().weight.normal_(0.0, 0.1)
+        emb = model.get_input_embeddings().weight
+        emb.normal_(0.0, 0.1)
+        # One shared direction per frame position, added to all its audio ids (see the docstring).
+        first_audio = text_vocab + 10
+        for k in range(7):
+            block = slice(first_audio + k * TINY_CODEBOOK, first_audio + (k + 1) * TINY_CODEBOOK)
+            emb[block] += torch.randn(config.hidden_size) * (POSITION_CENTROID_NORM / config.hidden_size ** 0.5)
     model.save_pretrained(out)
 
 
