@@ -66,6 +66,8 @@ def config_hash(cfg: ExperimentConfig) -> str:
     d = as_dict(cfg)
     d.pop("tracking", None)
     d["train"] = {k: v for k, v in d["train"].items() if k not in ("out_dir", "progress")}
+    from s2s.backbones import fingerprint  # a rebuilt local backbone is another backbone
+    d["backbone_fingerprints"] = [fingerprint(getattr(cfg.backbones, k)) for k in ("whisper", "orpheus", "snac")]
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
