@@ -20,7 +20,7 @@ from pathlib import Path
 
 from experiments.config import PRESETS, build_config
 from experiments.run import config_hash, load_trained, prepared_data, train
-from s2s.config import ConfigError
+from s2s.config import ConfigError, user_errors
 
 REPORTED = [("adapter_stage1 (reported by the card)", 18.68), ("istlm_interleaved (reported by the card)", 23.94)]
 REPORTED_NOTE = ("The card's numbers exceed ln(156940) = 11.96 nats, the loss of a uniform guess over Orpheus' "
@@ -139,7 +139,6 @@ def plot(results: list[dict], strategies: list[str], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from s2s.strategies import STRATEGIES
-    from s2s.tracking import Run, ui_command
 
     parser = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -174,6 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     first = next(iter(cfgs.values()))
     out = Path(a.out or f"reports/compare-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        parent = _compare(a, strategies, overrides, cfgs, first, out)
+    except user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _compare(a, strategies, overrides, cfgs, first, out):
+    from s2s.tracking import Run, ui_command
     results = []
     with Run(first.tracking, {"s2s.compare": " vs ".join(strategies), "s2s.preset": a.preset}) as parent:
         parent.log_params({"strategies": ",".join(strategies), "seeds": a.seeds, "preset": a.preset,
@@ -198,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + report)
     print(f"report: {out}/comparison.md, plot: {out}/eval_loss.png")
     print(f"MLflow parent run: {parent.run_id}\nopen the UI: {ui_command(parent.uri)}")
-    return 0
+    return parent
 
 
 if __name__ == "__main__":

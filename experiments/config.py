@@ -32,8 +32,10 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     strategy: Any = None  # the chosen strategy's own Config dataclass
-    # Synthesize this many es/it utterances into data.sources[0] when that directory is missing (0 = never).
+    # Synthesize this many es/it utterances into `synth_dir` when it is one of data.sources and
+    # missing (0 = never). A data source of your own is never synthesized over.
     synth_if_missing: int = field(default=0, metadata={"range": (0, 100_000)})
+    synth_dir: str = "data/synth"
 
 
 def strategy_class(name: str):

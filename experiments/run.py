@@ -11,18 +11,18 @@ import sys
 from pathlib import Path
 
 from experiments.config import ExperimentConfig, as_dict, build_config
-from s2s.config import ConfigError, flatten
+from s2s.config import ConfigError, flatten, user_errors
 
 
 def load_data(cfg: ExperimentConfig, progress: bool = True):
     """Train and eval examples plus the counts of skipped samples."""
     from s2s.data.loader import SkipCounter, load_examples
 
-    source = Path(cfg.data.sources[0])
-    if cfg.synth_if_missing and not source.exists():
+    synth = Path(cfg.synth_dir)
+    if cfg.synth_if_missing and cfg.synth_dir in cfg.data.sources and not synth.exists():
         from s2s.data.synth import synthesize_dataset
-        print(f"{source} is missing: synthesizing {cfg.synth_if_missing} es/it utterances with espeak-ng (once)")
-        synthesize_dataset(source, langs=["es", "it"], n=cfg.synth_if_missing, seed=0)
+        print(f"{synth} is missing: synthesizing {cfg.synth_if_missing} es/it utterances with espeak-ng (once)")
+        synthesize_dataset(synth, langs=["es", "it"], n=cfg.synth_if_missing, seed=0)
     skips = SkipCounter()
     train = load_examples(cfg.data, "train", skips, progress=progress)
     evals = load_examples(cfg.data, "eval", skips, progress=progress)
@@ -142,7 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_progress:
         cfg.train.progress = False
     from s2s.tracking import ui_command
-    result = train(cfg, progress=not args.no_progress)
+    try:
+        result = train(cfg, progress=not args.no_progress)
+    except user_errors() as e:  # ours say what was wrong and how to fix it; no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     final = result["final_eval"]
     first = result["eval_history"][0][1]
     print(f"\neval loss (nats/target token): {first['eval/loss']:.4f} at step 0 -> {final['eval/loss']:.4f} "

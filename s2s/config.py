@@ -25,6 +25,13 @@ class ConfigError(ValueError):
     """A config key or value that cannot be used, with a message that says how to fix it."""
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors whose message is written for the user: command lines print them without a traceback."""
+    from s2s.backbones import BackboneError
+    from s2s.tracking import TrackingError
+    return (ValueError, BackboneError, TrackingError, FileNotFoundError)
+
+
 def _leaf_keys(cls_or_obj, prefix: str = "") -> list[str]:
     keys = []
     for f in dataclasses.fields(cls_or_obj):

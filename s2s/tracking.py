@@ -37,6 +37,15 @@ def tracking_uri(cfg: TrackingConfig) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"  # an absolute path gives the four slashes SQLite needs
 
 
+def _artifact_root(uri: str) -> str | None:
+    """Artifacts of a SQLite store live beside its database (not in the current directory);
+    a tracking server chooses its own."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])  # absolute paths keep their leading slash
+        return (db.resolve().parent / "artifacts").as_uri()
+    return None
+
+
 def ui_command(uri: str) -> str:
     """The command that opens the MLflow UI on this store (bound to localhost)."""
     return f"mlflow ui --backend-store-uri '{uri}' --host 127.0.0.1 --port 5000 --workers 1"
@@ -68,8 +77,7 @@ class Run:
                                 f"{str(e)[:200]}). Fix the URI (tracking.uri=... or MLFLOW_TRACKING_URI) or unset "
                                 f"it to use the local store under {cfg.root}/") from None
         if exp is None:
-            artifacts = None if cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") else \
-                (Path(cfg.root).resolve() / "artifacts").as_uri()
+            artifacts = _artifact_root(self.uri)
             exp_id = self.client.create_experiment(cfg.experiment, artifact_location=artifacts)
         else:
             exp_id = exp.experiment_id
