@@ -88,6 +88,7 @@ def train(cfg: ExperimentConfig, parent_run_id: str | None = None, progress: boo
     tags = {"s2s.strategy": cfg.strategy_name, "s2s.preset": cfg.preset, "s2s.git_commit": git_commit(),
             "s2s.config_hash": config_hash(cfg),
             **{f"s2s.backbone.{k}": getattr(cfg.backbones, k) for k in ("whisper", "orpheus", "snac")}}
+    cfg.train.progress = cfg.train.progress and progress
     with Run(cfg.tracking, tags, parent_run_id=parent_run_id) as run:
         resolved = as_dict(cfg)
         run.log_params(flatten(resolved))
