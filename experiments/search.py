@@ -1,0 +1,591 @@
+"""Hyperparameter search with Optuna: every trial is a training run of the usual trainer, tracked in MLflow.
+
+    python -m experiments.search adapter_stage1 --trials 20                  # tiny preset
+    python -m experiments.search adapter_stage1 --trials 6 train.max_steps=60 train.eval_every=10
+    python -m experiments.search istlm_interleaved --trials 40 --workers 2 --pruner hyperband
+    python -m experiments.search adapter_stage1 --space my_space.yaml --trials 30 --preset full
+    python -m experiments.search adapter_stage1 --trials 100 --study s1 --storage postgresql://u@db/optuna
+
+The search space is the strategy's default (`SEARCH_SPACE` on its Config dataclass, e.g. learning
+rate log-uniform, warmup ratio, label smoothing, expansion depth or LoRA rank); `--space FILE.yaml`
+extends or overrides it (`key: null` drops a key; `--replace-space` uses the file alone; format
+in s2s/search_space.py). `key=value` overrides fix every other key, and pin a searched key.
+
+Each trial reports the eval loss at every evaluation (train.eval_every); the pruner (median by
+default, or hyperband) stops unpromising trials early. The objective is the final eval loss
+(nats per target token), minimized.
+
+The study lives in `--storage` (default: SQLite at <tracking.root>/optuna.db). Re-running the
+same command resumes it: finished (complete or pruned) trials are kept and only the missing
+number run. Several workers share one study: `--workers K` starts K processes on this machine,
+and the same command on other machines with the same `--storage` database URL (and `--study`)
+joins in. A worker that dies is noticed through its heartbeat (`--heartbeat` seconds; stale
+after twice that) and its trial is retried by another worker.
+
+MLflow: one parent run per study (tag s2s.study=<name>), one child run per trial; the best
+trial, the optimization history, the intermediate values and the parameter importances (PNG)
+are artifacts of the parent.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from experiments.config import ExperimentConfig, PRESETS, as_dict, build_config
+from s2s.config import ConfigError, flatten, load_yaml, user_errors
+from s2s.search_space import Param, apply_params, check_space, merge_specs, parse_space, space_to_dict
+
+METRIC = "eval/loss"
+MAX_RETRY = 2  # times a dead worker's trial is re-run before it stays FAILED
+ORPHAN_S = 600  # a RUNNING trial that never started its objective this long is failed (see _fail_orphans)
+# Config keys that do not change what a trial trains (left out of the study's identity).
+_NOT_IDENTITY = ("tracking.", "train.out_dir", "train.progress", "cache.")
+
+
+class _SurplusTrial(Exception):
+    """A trial created while the requested number was already taken by other workers (never trained)."""
+
+
+@dataclass
+class Search:
+    """Everything a worker needs, resolved and checked before any trial starts."""
+
+    cfg: ExperimentConfig  # the fixed config every trial starts from
+    space: dict[str, Param]
+    n_trials: int
+    study_name: str
+    storage_url: str
+    pruner: str
+    seed: int | None
+    heartbeat: int
+    progress: bool
+    worker_index: int = 0
+
+    @property
+    def fixed(self) -> dict[str, Any]:
+        return fixed_config(self.cfg, self.space)
+
+
+# --- resolving the command line ----------------------------------------------------------------
+
+def fixed_config(cfg: ExperimentConfig, space: dict[str, Param]) -> dict[str, Any]:
+    """The flattened config keys that define what every trial trains, minus the searched ones."""
+    flat = flatten(as_dict(cfg))
+    return {k: v for k, v in flat.items() if k not in space and not k.startswith(_NOT_IDENTITY)}
+
+
+def default_study_name(cfg: ExperimentConfig, space: dict[str, Param]) -> str:
+    """<strategy>-<preset>-<hash of the fixed config and the space>: the same command, the same study."""
+    ident = json.dumps({"fixed": fixed_config(cfg, space), "space": space_to_dict(space)}, sort_keys=True,
+                       default=str)
+    return f"{cfg.strategy_name}-{cfg.preset}-{hashlib.sha1(ident.encode()).hexdigest()[:8]}"
+
+
+def default_storage(cfg: ExperimentConfig) -> str:
+    root = Path(cfg.tracking.root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'optuna.db'}"  # an absolute path: four slashes
+
+
+def resolve(args) -> Search:
+    """Build the fixed config and the search space from the arguments; ConfigError if anything is off."""
+    from experiments.config import strategy_class
+
+    if args.trials < 1:
+        raise ConfigError(f"--trials must be at least 1, got {args.trials}")
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if args.heartbeat < 1:
+        raise ConfigError(f"--heartbeat must be at least 1 second, got {args.heartbeat}")
+    cfg = build_config(args.strategy, args.preset, args.overrides, args.config)
+    if cfg.strategy_name == "gatefusion_stage2" and not cfg.strategy.init_from:
+        raise ConfigError("gatefusion_stage2 needs strategy.init_from=<an adapter_stage1 checkpoint directory>")
+    default = getattr(strategy_class(args.strategy).Config, "SEARCH_SPACE", {})
+    from_file = load_yaml(args.space) if args.space else None
+    if args.replace_space and not args.space:
+        raise ConfigError("--replace-space needs --space FILE.yaml")
+    specs = merge_specs(default, from_file, replace=args.replace_space)
+    pinned = [k for k in specs if any(o.split("=", 1)[0].strip() == k for o in args.overrides)]
+    for k in pinned:  # a key=value override fixes a searched key
+        specs.pop(k)
+    space = parse_space(specs)
+    check_space(space, cfg)
+    if pinned:
+        print(f"fixed by overrides, not searched: {', '.join(pinned)}")
+    progress = not args.no_progress and args.workers == 1 and sys.stderr.isatty()
+    cfg.train.progress = progress
+    return Search(cfg=cfg, space=space, n_trials=args.trials,
+                  study_name=args.study or default_study_name(cfg, space),
+                  storage_url=args.storage or default_storage(cfg), pruner=args.pruner, seed=args.seed,
+                  heartbeat=args.heartbeat, progress=progress, worker_index=args.worker_index)
+
+
+# --- Optuna ----------------------------------------------------------------------------------
+
+def make_pruner(s: Search):
+    import optuna
+
+    eval_every = s.cfg.train.eval_every
+    if s.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if s.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=eval_every, max_resource=s.cfg.train.max_steps or "auto",
+                                              reduction_factor=3)
+    # Median: wait for a few finished trials; judge a trial from its first (tiny) or second evaluation after step 0.
+    tiny = s.cfg.preset == "tiny"
+    return optuna.pruners.MedianPruner(n_startup_trials=2 if tiny else 5,
+                                       n_warmup_steps=eval_every if tiny else 2 * eval_every)
+
+
+def make_sampler(s: Search, n_existing: int):
+    import optuna
+
+    # Offset the seed by the worker and the trials already run, so that parallel workers and a
+    # resumed search do not redraw the same random start-up points.
+    seed = None if s.seed is None else s.seed + 1000 * s.worker_index + n_existing
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+
+class _RetryDeadWorkers:
+    """Heartbeat-stale trial callback: re-queue the trial (Optuna's retry callback) and end its MLflow run."""
+
+    def __init__(self, tracking_uri: str):
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        self.tracking_uri = tracking_uri
+
+    def __call__(self, study, trial) -> None:
+        self.retry(study, trial)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        print(f"trial {trial.number}: its worker stopped sending heartbeats; marked FAILED and queued again "
+              f"(at most {MAX_RETRY} retries)", file=sys.stderr)
+        if run_id:
+            try:
+                from mlflow.tracking import MlflowClient
+                client = MlflowClient(self.tracking_uri)
+                if client.get_run(run_id).info.status == "RUNNING":
+                    client.set_tag(run_id, "s2s.failure", "worker died (no heartbeat); the trial was retried")
+                    client.set_terminated(run_id, "KILLED")
+            except Exception as e:  # tracking is best effort here: the study state is what matters
+                print(f"could not end MLflow run {run_id} of dead trial {trial.number}: {e}", file=sys.stderr)
+
+
+def open_storage(s: Search, tracking_uri: str):
+    import optuna
+
+    engine_kwargs = {"connect_args": {"timeout": 60}} if s.storage_url.startswith("sqlite") else {}
+    try:
+        return optuna.storages.RDBStorage(s.storage_url, engine_kwargs=engine_kwargs, heartbeat_interval=s.heartbeat,
+                                          heartbeat_stale_trial_callback=_RetryDeadWorkers(tracking_uri))
+    except Exception as e:
+        raise ConfigError(f"cannot open the Optuna storage '{s.storage_url}' ({type(e).__name__}: {str(e)[:300]}). "
+                          f"Give a database URL such as sqlite:////abs/path/optuna.db or "
+                          f"postgresql://user@host/db with --storage") from None
+
+
+def open_study(s: Search, storage):
+    """Create the study or load it; a study made with another fixed config or space is an error."""
+    import optuna
+
+    study = optuna.create_study(study_name=s.study_name, storage=storage, direction="minimize",
+                                load_if_exists=True, pruner=make_pruner(s), sampler=make_sampler(s, 0))
+    study.sampler = make_sampler(s, len(study.get_trials(deepcopy=False)))
+    attrs = study.user_attrs
+    fixed = json.loads(json.dumps(s.fixed, default=str))
+    space = space_to_dict(s.space)
+    if "s2s.space" not in attrs:
+        study.set_user_attr("s2s.strategy", s.cfg.strategy_name)
+        study.set_user_attr("s2s.preset", s.cfg.preset)
+        study.set_user_attr("s2s.fixed_config", fixed)
+        study.set_user_attr("s2s.space", space)
+        return study
+    before = attrs.get("s2s.fixed_config", {})
+    diffs = sorted((k for k in set(fixed) | set(before) if fixed.get(k) != before.get(k)),
+                   key=lambda k: (k not in fixed or k not in before, k))  # changed values first
+    if attrs["s2s.space"] != json.loads(json.dumps(space)):
+        diffs.append("the search space")
+    if diffs:
+        raise ConfigError(f"study '{s.study_name}' in {s.storage_url} was started with another setup (differs in: "
+                          f"{', '.join(diffs[:10])}). Resume it with its original settings, or give a new --study name")
+    return study
+
+
+FINISHED = ("COMPLETE", "PRUNED")
+BUDGET = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")  # trials that use one of the requested slots
+
+
+def counts(study) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def _fail_stale(study) -> None:
+    """Mark the trials of dead workers FAILED (their retries are queued by _RetryDeadWorkers)."""
+    import optuna
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    _fail_orphans(study)
+
+
+def _fail_orphans(study) -> None:
+    """A worker killed between creating a trial and its first heartbeat leaves a RUNNING trial that
+    never goes stale; fail such trials (no s2s.worker attribute, started long ago) so nobody waits forever."""
+    import datetime
+
+    from optuna.trial import TrialState
+
+    now = datetime.datetime.now()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
+        if "s2s.worker" not in t.user_attrs and age > ORPHAN_S:
+            try:
+                study.tell(t.number, state=TrialState.FAIL)
+            except Exception:  # another worker did it first
+                pass
+
+
+# --- MLflow ----------------------------------------------------------------------------------
+
+def _find_parent(client, experiment: str, study_name: str):
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], f"tags.`s2s.study` = '{study_name}' and "
+                              f"tags.`s2s.search` = 'parent'")
+    return min(runs, key=lambda r: (r.info.start_time, r.info.run_id)) if runs else None
+
+
+def parent_run(s: Search):
+    """The study's parent MLflow run: found again by its tag, or created (once, even with racing workers)."""
+    from mlflow.tracking import MlflowClient
+
+    from s2s.tracking import Run, TrackingError, tracking_uri
+
+    uri = tracking_uri(s.cfg.tracking)
+    try:
+        found = _find_parent(MlflowClient(uri), s.cfg.tracking.experiment, s.study_name)
+    except Exception as e:
+        raise TrackingError(f"cannot reach the MLflow tracking store '{uri}' ({type(e).__name__}: {str(e)[:200]})")
+    if found is not None:
+        run = Run(s.cfg.tracking, run_id=found.info.run_id)
+        if found.info.status != "RUNNING":
+            run.client.update_run(run.run_id, status="RUNNING")
+        return run, False
+    tracking = copy.deepcopy(s.cfg.tracking)
+    tracking.run_name = tracking.run_name or f"search {s.study_name}"
+    run = Run(tracking, {"s2s.study": s.study_name, "s2s.search": "parent", "s2s.strategy": s.cfg.strategy_name,
+                         "s2s.preset": s.cfg.preset, "s2s.optuna_storage": s.storage_url})
+    first = _find_parent(run.client, s.cfg.tracking.experiment, s.study_name)
+    if first is not None and first.info.run_id != run.run_id:  # another worker made one at the same moment
+        run.client.delete_run(run.run_id)
+        return Run(s.cfg.tracking, run_id=first.info.run_id), False
+    run.log_params({"strategy": s.cfg.strategy_name, "preset": s.cfg.preset, "study": s.study_name,
+                    "optuna_storage": s.storage_url})
+    run.log_dict(as_dict(s.cfg), "base_config.yaml")
+    run.log_dict(space_to_dict(s.space), "search_space.yaml")
+    return run, True
+
+
+def _child_run_id(client, experiment: str, parent_id: str, run_name: str) -> str | None:
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}' and "
+                              f"attributes.run_name = '{run_name}'", order_by=["attributes.start_time DESC"],
+                              max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+# --- the worker --------------------------------------------------------------------------------
+
+def make_objective(s: Search, study, parent_id: str, client):
+    import optuna
+
+    from experiments.run import train
+
+    def objective(trial) -> float:
+        trial.set_user_attr("s2s.worker", f"{socket.gethostname()}:{os.getpid()}")  # first: see _fail_orphans
+        trials = study.get_trials(deepcopy=False)
+        ahead = sum(1 for t in trials if t.state.name in BUDGET and t.number < trial.number)
+        if ahead >= s.n_trials:  # another worker took the last slot a moment before this trial was created
+            trial.set_user_attr("s2s.surplus", True)
+            raise _SurplusTrial(f"trial {trial.number} not run: the {s.n_trials} requested trials are taken")
+        cfg = copy.deepcopy(s.cfg)
+        values = {name: p.suggest(trial) for name, p in s.space.items()}
+        apply_params(cfg, values)
+        run_name = f"{s.study_name}/trial-{trial.number}"
+        cfg.tracking.run_name = run_name
+        max_steps = cfg.train.max_steps
+        retry_of = next(t for t in trials if t.number == trial.number).system_attrs.get("failed_trial")
+        state = {"run_id": None}
+
+        def on_eval(step: int, metrics: dict) -> None:
+            if state["run_id"] is None:  # the child run exists from the first evaluation (step 0) on
+                state["run_id"] = run_id = _child_run_id(client, cfg.tracking.experiment, parent_id, run_name)
+                if run_id:
+                    trial.set_user_attr("mlflow_run_id", run_id)
+                    from mlflow.entities import Param as MlflowParam, RunTag
+                    tags = {"s2s.study": s.study_name, "s2s.search": "trial", "s2s.trial": str(trial.number),
+                            "s2s.sampled": json.dumps(values, default=str)}
+                    if retry_of is not None:
+                        tags["s2s.retry_of_trial"] = str(retry_of)
+                    client.log_batch(run_id, params=[MlflowParam("optuna.trial_number", str(trial.number)),
+                                                     MlflowParam("optuna.study", s.study_name)],
+                                     tags=[RunTag(k, v) for k, v in tags.items()])
+            value = float(metrics[METRIC])
+            trial.report(value if math.isfinite(value) else float("inf"), step)
+            if (max_steps is None or step < max_steps) and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step}: {METRIC} {value:.4f} is worse than the median "
+                                         f"of finished trials" if s.pruner == "median" else
+                                         f"pruned at step {step} ({s.pruner}): {METRIC} {value:.4f}")
+
+        result = train(cfg, parent_run_id=parent_id, progress=s.progress, on_eval=on_eval)
+        trial.set_user_attr("mlflow_run_id", result["run_id"])
+        trial.set_user_attr("checkpoint", str(Path(result["checkpoint"]).resolve()))
+        return float(result["final_eval"][METRIC])
+
+    return objective
+
+
+def work(s: Search, study, objective, poll: float) -> None:
+    """Run trials until the study holds `n_trials` finished ones; wait for other workers' last trials
+    (a dead worker's trial goes stale, is re-queued and then run here)."""
+    while True:
+        _fail_stale(study)
+        c = counts(study)
+        done = sum(c.get(k, 0) for k in FINISHED)
+        if done >= s.n_trials:
+            return
+        if c.get("WAITING", 0) or done + c.get("RUNNING", 0) < s.n_trials:
+            study.optimize(objective, n_trials=1, catch=(_SurplusTrial,), gc_after_trial=True)
+        else:
+            time.sleep(poll)
+
+
+# --- the summary -------------------------------------------------------------------------------
+
+def _save_plot(plot, study, path: Path, **kw) -> str | None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.exceptions import ExperimentalWarning
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            ax = plot(study, **kw)
+        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+        fig.set_size_inches(8, 5)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return None
+    except Exception as e:  # e.g. no variance in the objective: say so, do not fail the search
+        plt.close("all")
+        return f"{type(e).__name__}: {e}"
+
+
+def summarize(s: Search, study, parent, out_dir: Path) -> dict:
+    """Log the best trial and the plots to the parent run; return what main prints."""
+    from optuna.visualization import matplotlib as ovm
+
+    c = counts(study)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    best = min(complete, key=lambda t: t.value) if complete else None
+    summary = {"study": s.study_name, "storage": s.storage_url, "requested_trials": s.n_trials,
+               "complete": c.get("COMPLETE", 0), "pruned": c.get("PRUNED", 0), "failed": c.get("FAIL", 0),
+               "running": c.get("RUNNING", 0), "waiting": c.get("WAITING", 0), "notes": []}
+    if best is not None:
+        summary["best"] = {"trial": best.number, METRIC: best.value, "params": best.params,
+                           "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
+                           "checkpoint": best.user_attrs.get("checkpoint")}
+    (out_dir / "best.json").write_text(json.dumps(summary, indent=2, default=str))
+    files = ["best.json"]
+    plots = [("optimization_history.png", ovm.plot_optimization_history, {}),
+             ("intermediate_values.png", ovm.plot_intermediate_values, {})]
+    if len(complete) >= 2:
+        plots.append(("param_importances.png", ovm.plot_param_importances, {}))
+    else:
+        summary["notes"].append(f"parameter importances need at least 2 complete trials (have {len(complete)})")
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED]
+    for name, plot, kw in plots:
+        if not finished:
+            summary["notes"].append("no plots: no finished trial yet")
+            break
+        err = _save_plot(plot, study, out_dir / name, **kw)
+        if err:
+            summary["notes"].append(f"{name} not drawn: {err}")
+        else:
+            files.append(name)
+    for f in files:
+        parent.log_artifact(out_dir / f)
+    tags = {"s2s.trials_requested": s.n_trials, "s2s.trials_complete": summary["complete"],
+            "s2s.trials_pruned": summary["pruned"], "s2s.trials_failed": summary["failed"], "s2s.pruner": s.pruner}
+    if best is not None:
+        tags.update({"s2s.best_trial": best.number, "s2s.best_run_id": best.user_attrs.get("mlflow_run_id", ""),
+                     **{f"best.{k}": v for k, v in best.params.items()}})
+        parent.log_metrics({f"best/{METRIC}": best.value}, summary["complete"] + summary["pruned"])
+    parent.set_tags(tags)
+    summary["artifacts"] = files
+    return summary
+
+
+# --- the command -------------------------------------------------------------------------------
+
+def _spawn_workers(s: Search, argv: list[str], k: int) -> list[int]:
+    """Run k worker processes of this same command (each with --workers 1) and wait for them."""
+    base = [sys.executable, "-m", "experiments.search", *argv, "--study", s.study_name, "--storage", s.storage_url,
+            "--workers", "1", "--no-summary", "--no-progress"]
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:  # share the CPU cores: k workers with all cores each slow each other down
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // k))
+    procs = [subprocess.Popen(base + ["--worker-index", str(i)], env=env) for i in range(k)]
+    try:
+        return [p.wait() for p in procs]
+    except KeyboardInterrupt:  # the workers got the same Ctrl-C; let them end their runs
+        return [p.wait() for p in procs]
+
+
+def _prepare_shared_files(cfg: ExperimentConfig) -> None:
+    """Make the synthetic data and tiny backbones once, before parallel workers would race to
+    (the same conditions as experiments.run.load_data and FrozenCore)."""
+    synth = Path(cfg.synth_dir)
+    if cfg.synth_if_missing and cfg.synth_dir in cfg.data.sources and not synth.exists():
+        from s2s.data.synth import synthesize_dataset
+        print(f"{synth} is missing: synthesizing {cfg.synth_if_missing} es/it utterances with espeak-ng (once)")
+        synthesize_dataset(synth, langs=["es", "it"], n=cfg.synth_if_missing, seed=0)
+    if cfg.backbones.build_tiny:
+        from s2s.tiny import ensure_tiny_backbones
+        ensure_tiny_backbones(cfg.backbones.whisper, cfg.backbones.orpheus, cfg.backbones.snac)
+
+
+def parse_args(argv: list[str] | None):
+    parser = argparse.ArgumentParser(prog="python -m experiments.search", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("strategy", help="strategy name (python -m experiments.run --list)")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides fixed for every trial")
+    parser.add_argument("--trials", type=int, default=20, help="finished (complete or pruned) trials wanted")
+    parser.add_argument("--study", default=None, help="study name (default: <strategy>-<preset>-<config hash>)")
+    parser.add_argument("--storage", default=None, help="Optuna database URL (default: sqlite under tracking.root)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    parser.add_argument("--preset", default="tiny", choices=PRESETS)
+    parser.add_argument("--config", action="append", default=[], help="extra YAML config file(s)")
+    parser.add_argument("--space", default=None, help="YAML search space extending/overriding the default")
+    parser.add_argument("--replace-space", action="store_true", help="use --space alone, not the default space")
+    parser.add_argument("--pruner", default="median", choices=("median", "hyperband", "none"))
+    parser.add_argument("--seed", type=int, default=None, help="sampler seed (reproducible with one worker)")
+    parser.add_argument("--heartbeat", type=int, default=10,
+                        help="seconds between worker heartbeats; a trial silent for twice this is retried")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)  # spawned workers
+    parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    try:
+        s = resolve(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    import optuna
+    from optuna.exceptions import ExperimentalWarning
+
+    from s2s.tracking import TrackingError, tracking_uri, ui_command
+
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+    try:
+        uri = tracking_uri(s.cfg.tracking)
+        storage = open_storage(s, uri)
+        study = open_study(s, storage)
+        parent, created = parent_run(s)
+    except (ConfigError, TrackingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.no_summary:
+        c = counts(study)
+        done = sum(c.get(k, 0) for k in FINISHED)
+        print(f"study '{s.study_name}' ({'new' if not c else f'resumed: {done} finished trial(s)'}) in "
+              f"{s.storage_url}\nsearching {', '.join(s.space)} for {s.n_trials} trial(s) with {args.workers} "
+              f"worker(s), {s.pruner} pruner; MLflow parent run {parent.run_id} "
+              f"({'created' if created else 'found again'})")
+
+    started = time.time()
+    status = "FINISHED"
+    worker_codes: list[int] = []
+    try:
+        if args.workers > 1:
+            _prepare_shared_files(s.cfg)
+            worker_codes = _spawn_workers(s, argv, args.workers)
+        else:
+            from mlflow.tracking import MlflowClient
+            objective = make_objective(s, study, parent.run_id, MlflowClient(uri))
+            work(s, study, objective, poll=min(5.0, max(0.5, s.heartbeat / 2)))
+    except KeyboardInterrupt:
+        status = "KILLED"
+        print("interrupted: re-run the same command to resume the study", file=sys.stderr)
+    except Exception as e:  # a trial failed (marked FAIL in the study): stop this worker, keep what finished
+        status = "FAILED"
+        if isinstance(e, user_errors()):  # ours say what was wrong and how to fix it; no traceback
+            print(f"error: {e}", file=sys.stderr)
+        else:
+            traceback.print_exc()
+        print("a trial failed; fix the cause and re-run the same command to resume the study", file=sys.stderr)
+    if args.no_summary:
+        return {"FINISHED": 0, "FAILED": 1}.get(status, 130)
+
+    study = optuna.load_study(study_name=s.study_name, storage=storage)
+    out_dir = Path(s.cfg.tracking.root) / "search" / s.study_name
+    summary = summarize(s, study, parent, out_dir)
+    done = summary["complete"] + summary["pruned"]
+    if status == "FINISHED" and done < s.n_trials:
+        status = "FAILED"
+    parent.end(status)
+
+    print(f"\nstudy '{s.study_name}': {done} of {s.n_trials} trial(s) finished ({summary['complete']} complete, "
+          f"{summary['pruned']} pruned), {summary['failed']} failed; {time.time() - started:.0f} s this session")
+    if "best" in summary:
+        b = summary["best"]
+        print(f"best trial #{b['trial']}: {METRIC} = {b[METRIC]:.4f}")
+        for k, v in b["params"].items():
+            print(f"  {k}={v:.4g}" if isinstance(v, float) else f"  {k}={v}")
+        print(f"  its run: {b['mlflow_run_id']}, checkpoint: {b['checkpoint']}")
+    else:
+        print("no complete trial yet")
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    print(f"logged to MLflow parent run {parent.run_id} (experiment '{s.cfg.tracking.experiment}', {uri}): "
+          f"{', '.join(summary['artifacts'])}; local copies in {out_dir}/")
+    print(f"open the Optuna dashboard: optuna-dashboard '{s.storage_url}'   (pip install optuna-dashboard)")
+    print(f"open the MLflow UI: {ui_command(uri)}")
+    if any(worker_codes):
+        print(f"warning: worker exit codes {worker_codes}; re-run the same command to finish the study",
+              file=sys.stderr)
+    return 0 if status == "FINISHED" else 1 if status == "FAILED" else 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
