@@ -46,11 +46,10 @@ from typing import Any
 
 from experiments.config import ExperimentConfig, PRESETS, as_dict, build_config
 from s2s.config import ConfigError, flatten, load_yaml, user_errors
+from experiments.search_report import METRIC, summarize
+from experiments.study import BUDGET, FINISHED, counts, fail_stale, open_storage, open_study
 from s2s.search_space import Param, apply_params, check_space, merge_specs, parse_space, space_to_dict
 
-METRIC = "eval/loss"
-MAX_RETRY = 2  # times a dead worker's trial is re-run before it stays FAILED
-ORPHAN_S = 600  # a RUNNING trial that never started its objective this long is failed (see _fail_orphans)
 # Config keys that do not change what a trial trains (left out of the study's identity).
 _NOT_IDENTITY = ("tracking.", "train.out_dir", "train.progress", "cache.")
 
@@ -131,136 +130,6 @@ def resolve(args) -> Search:
                   study_name=args.study or default_study_name(cfg, space),
                   storage_url=args.storage or default_storage(cfg), pruner=args.pruner, seed=args.seed,
                   heartbeat=args.heartbeat, progress=progress, worker_index=args.worker_index)
-
-
-# --- Optuna ----------------------------------------------------------------------------------
-
-def make_pruner(s: Search):
-    import optuna
-
-    eval_every = s.cfg.train.eval_every
-    if s.pruner == "none":
-        return optuna.pruners.NopPruner()
-    if s.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=eval_every, max_resource=s.cfg.train.max_steps or "auto",
-                                              reduction_factor=3)
-    # Median: wait for a few finished trials; judge a trial from its first (tiny) or second evaluation after step 0.
-    tiny = s.cfg.preset == "tiny"
-    return optuna.pruners.MedianPruner(n_startup_trials=2 if tiny else 5,
-                                       n_warmup_steps=eval_every if tiny else 2 * eval_every)
-
-
-def make_sampler(s: Search, n_existing: int):
-    import optuna
-
-    # Offset the seed by the worker and the trials already run, so that parallel workers and a
-    # resumed search do not redraw the same random start-up points.
-    seed = None if s.seed is None else s.seed + 1000 * s.worker_index + n_existing
-    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-
-
-class _RetryDeadWorkers:
-    """Heartbeat-stale trial callback: re-queue the trial (Optuna's retry callback) and end its MLflow run."""
-
-    def __init__(self, tracking_uri: str):
-        from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-        self.tracking_uri = tracking_uri
-
-    def __call__(self, study, trial) -> None:
-        self.retry(study, trial)
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        print(f"trial {trial.number}: its worker stopped sending heartbeats; marked FAILED and queued again "
-              f"(at most {MAX_RETRY} retries)", file=sys.stderr)
-        if run_id:
-            try:
-                from mlflow.tracking import MlflowClient
-                client = MlflowClient(self.tracking_uri)
-                if client.get_run(run_id).info.status == "RUNNING":
-                    client.set_tag(run_id, "s2s.failure", "worker died (no heartbeat); the trial was retried")
-                    client.set_terminated(run_id, "KILLED")
-            except Exception as e:  # tracking is best effort here: the study state is what matters
-                print(f"could not end MLflow run {run_id} of dead trial {trial.number}: {e}", file=sys.stderr)
-
-
-def open_storage(s: Search, tracking_uri: str):
-    import optuna
-
-    engine_kwargs = {"connect_args": {"timeout": 60}} if s.storage_url.startswith("sqlite") else {}
-    try:
-        return optuna.storages.RDBStorage(s.storage_url, engine_kwargs=engine_kwargs, heartbeat_interval=s.heartbeat,
-                                          heartbeat_stale_trial_callback=_RetryDeadWorkers(tracking_uri))
-    except Exception as e:
-        raise ConfigError(f"cannot open the Optuna storage '{s.storage_url}' ({type(e).__name__}: {str(e)[:300]}). "
-                          f"Give a database URL such as sqlite:////abs/path/optuna.db or "
-                          f"postgresql://user@host/db with --storage") from None
-
-
-def open_study(s: Search, storage):
-    """Create the study or load it; a study made with another fixed config or space is an error."""
-    import optuna
-
-    study = optuna.create_study(study_name=s.study_name, storage=storage, direction="minimize",
-                                load_if_exists=True, pruner=make_pruner(s), sampler=make_sampler(s, 0))
-    study.sampler = make_sampler(s, len(study.get_trials(deepcopy=False)))
-    attrs = study.user_attrs
-    fixed = json.loads(json.dumps(s.fixed, default=str))
-    space = space_to_dict(s.space)
-    if "s2s.space" not in attrs:
-        study.set_user_attr("s2s.strategy", s.cfg.strategy_name)
-        study.set_user_attr("s2s.preset", s.cfg.preset)
-        study.set_user_attr("s2s.fixed_config", fixed)
-        study.set_user_attr("s2s.space", space)
-        return study
-    before = attrs.get("s2s.fixed_config", {})
-    diffs = sorted((k for k in set(fixed) | set(before) if fixed.get(k) != before.get(k)),
-                   key=lambda k: (k not in fixed or k not in before, k))  # changed values first
-    if attrs["s2s.space"] != json.loads(json.dumps(space)):
-        diffs.append("the search space")
-    if diffs:
-        raise ConfigError(f"study '{s.study_name}' in {s.storage_url} was started with another setup (differs in: "
-                          f"{', '.join(diffs[:10])}). Resume it with its original settings, or give a new --study name")
-    return study
-
-
-FINISHED = ("COMPLETE", "PRUNED")
-BUDGET = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")  # trials that use one of the requested slots
-
-
-def counts(study) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        out[t.state.name] = out.get(t.state.name, 0) + 1
-    return out
-
-
-def _fail_stale(study) -> None:
-    """Mark the trials of dead workers FAILED (their retries are queued by _RetryDeadWorkers)."""
-    import optuna
-    from optuna.exceptions import ExperimentalWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    _fail_orphans(study)
-
-
-def _fail_orphans(study) -> None:
-    """A worker killed between creating a trial and its first heartbeat leaves a RUNNING trial that
-    never goes stale; fail such trials (no s2s.worker attribute, started long ago) so nobody waits forever."""
-    import datetime
-
-    from optuna.trial import TrialState
-
-    now = datetime.datetime.now()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
-        if "s2s.worker" not in t.user_attrs and age > ORPHAN_S:
-            try:
-                study.tell(t.number, state=TrialState.FAIL)
-            except Exception:  # another worker did it first
-                pass
 
 
 # --- MLflow ----------------------------------------------------------------------------------
@@ -368,7 +237,7 @@ def work(s: Search, study, objective, poll: float) -> None:
     """Run trials until the study holds `n_trials` finished ones; wait for other workers' last trials
     (a dead worker's trial goes stale, is re-queued and then run here)."""
     while True:
-        _fail_stale(study)
+        fail_stale(study)
         c = counts(study)
         done = sum(c.get(k, 0) for k in FINISHED)
         if done >= s.n_trials:
@@ -377,76 +246,6 @@ def work(s: Search, study, objective, poll: float) -> None:
             study.optimize(objective, n_trials=1, catch=(_SurplusTrial,), gc_after_trial=True)
         else:
             time.sleep(poll)
-
-
-# --- the summary -------------------------------------------------------------------------------
-
-def _save_plot(plot, study, path: Path, **kw) -> str | None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.exceptions import ExperimentalWarning
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            warnings.simplefilter("ignore", UserWarning)
-            ax = plot(study, **kw)
-        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-        fig.set_size_inches(8, 5)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return None
-    except Exception as e:  # e.g. no variance in the objective: say so, do not fail the search
-        plt.close("all")
-        return f"{type(e).__name__}: {e}"
-
-
-def summarize(s: Search, study, parent, out_dir: Path) -> dict:
-    """Log the best trial and the plots to the parent run; return what main prints."""
-    from optuna.visualization import matplotlib as ovm
-
-    c = counts(study)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    best = min(complete, key=lambda t: t.value) if complete else None
-    summary = {"study": s.study_name, "storage": s.storage_url, "requested_trials": s.n_trials,
-               "complete": c.get("COMPLETE", 0), "pruned": c.get("PRUNED", 0), "failed": c.get("FAIL", 0),
-               "running": c.get("RUNNING", 0), "waiting": c.get("WAITING", 0), "notes": []}
-    if best is not None:
-        summary["best"] = {"trial": best.number, METRIC: best.value, "params": best.params,
-                           "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
-                           "checkpoint": best.user_attrs.get("checkpoint")}
-    (out_dir / "best.json").write_text(json.dumps(summary, indent=2, default=str))
-    files = ["best.json"]
-    plots = [("optimization_history.png", ovm.plot_optimization_history, {}),
-             ("intermediate_values.png", ovm.plot_intermediate_values, {})]
-    if len(complete) >= 2:
-        plots.append(("param_importances.png", ovm.plot_param_importances, {}))
-    else:
-        summary["notes"].append(f"parameter importances need at least 2 complete trials (have {len(complete)})")
-    finished = [t for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED]
-    for name, plot, kw in plots:
-        if not finished:
-            summary["notes"].append("no plots: no finished trial yet")
-            break
-        err = _save_plot(plot, study, out_dir / name, **kw)
-        if err:
-            summary["notes"].append(f"{name} not drawn: {err}")
-        else:
-            files.append(name)
-    for f in files:
-        parent.log_artifact(out_dir / f)
-    tags = {"s2s.trials_requested": s.n_trials, "s2s.trials_complete": summary["complete"],
-            "s2s.trials_pruned": summary["pruned"], "s2s.trials_failed": summary["failed"], "s2s.pruner": s.pruner}
-    if best is not None:
-        tags.update({"s2s.best_trial": best.number, "s2s.best_run_id": best.user_attrs.get("mlflow_run_id", ""),
-                     **{f"best.{k}": v for k, v in best.params.items()}})
-        parent.log_metrics({f"best/{METRIC}": best.value}, summary["complete"] + summary["pruned"])
-    parent.set_tags(tags)
-    summary["artifacts"] = files
-    return summary
 
 
 # --- the command -------------------------------------------------------------------------------
