@@ -46,6 +46,17 @@ def load_train_examples(cfg) -> list:
     return load_examples(cfg.data, "train", progress=False)
 
 
+def add_threads_arg(parser) -> None:
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1; 0 = torch's default, one per core). One thread "
+                             "keeps the measurement steady when other processes share the cores")
+
+
+def apply_threads(args) -> None:
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+
+
 def header(title: str) -> None:
     """What ran, where: the exact command, the machine and the torch threading."""
     exe = Path(sys.executable)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bench._common import header, load_train_examples, loadavg, tiny_config
+from bench._common import add_threads_arg, apply_threads, header, load_train_examples, loadavg, tiny_config
 
 TARGET = 3.0
 
@@ -39,12 +39,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: 8 utterances, 2 repeats")
     p.add_argument("--repeats", type=int, default=None, help="timed epochs per side (default 3, --quick 2)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1; 0 = torch's default, one per core). One thread keeps "
-                        "the measurement steady when other processes share the cores")
+    add_threads_arg(p)
     args = p.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     n_items = 8 if args.quick else 64
     repeats = args.repeats or (2 if args.quick else 3)
 

@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench._common import header, load_train_examples, loadavg, tiny_config
+from bench._common import add_threads_arg, apply_threads, header, load_train_examples, loadavg, tiny_config
 
 TARGET = 1.10
 
@@ -67,12 +67,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=None, help="timed passes over the batches (default 6, --quick 2)")
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps per side (default 3, --quick 2)")
     p.add_argument("--profile", action="store_true", help="also profile a few steps of each side")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1; 0 = torch's default, one per core). One thread keeps "
-                        "the measurement steady when other processes share the cores")
+    add_threads_arg(p)
     args = p.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     n_batches = args.batches or (2 if args.quick else 4)
     rounds = args.rounds or (2 if args.quick else 6)
     warm = args.warmup if args.warmup is not None else (2 if args.quick else 3)
