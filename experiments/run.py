@@ -14,15 +14,20 @@ from experiments.config import ExperimentConfig, as_dict, build_config
 from s2s.config import ConfigError, flatten, user_errors
 
 
-def load_data(cfg: ExperimentConfig, progress: bool = True):
-    """Train and eval examples plus the counts of skipped samples."""
-    from s2s.data.loader import SkipCounter, load_examples
-
+def ensure_synth_data(cfg: ExperimentConfig) -> None:
+    """Synthesize `synth_dir` when it is a data source, missing, and `synth_if_missing` asks for it."""
     synth = Path(cfg.synth_dir)
     if cfg.synth_if_missing and cfg.synth_dir in cfg.data.sources and not synth.exists():
         from s2s.data.synth import synthesize_dataset
         print(f"{synth} is missing: synthesizing {cfg.synth_if_missing} es/it utterances with espeak-ng (once)")
         synthesize_dataset(synth, langs=["es", "it"], n=cfg.synth_if_missing, seed=0)
+
+
+def load_data(cfg: ExperimentConfig, progress: bool = True):
+    """Train and eval examples plus the counts of skipped samples."""
+    from s2s.data.loader import SkipCounter, load_examples
+
+    ensure_synth_data(cfg)
     skips = SkipCounter()
     train = load_examples(cfg.data, "train", skips, progress=progress)
     evals = load_examples(cfg.data, "eval", skips, progress=progress)

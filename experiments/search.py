@@ -267,11 +267,8 @@ def _spawn_workers(s: Search, argv: list[str], k: int) -> list[int]:
 def _prepare_shared_files(cfg: ExperimentConfig) -> None:
     """Make the synthetic data and tiny backbones once, before parallel workers would race to
     (the same conditions as experiments.run.load_data and FrozenCore)."""
-    synth = Path(cfg.synth_dir)
-    if cfg.synth_if_missing and cfg.synth_dir in cfg.data.sources and not synth.exists():
-        from s2s.data.synth import synthesize_dataset
-        print(f"{synth} is missing: synthesizing {cfg.synth_if_missing} es/it utterances with espeak-ng (once)")
-        synthesize_dataset(synth, langs=["es", "it"], n=cfg.synth_if_missing, seed=0)
+    from experiments.run import ensure_synth_data
+    ensure_synth_data(cfg)
     if cfg.backbones.build_tiny:
         from s2s.tiny import ensure_tiny_backbones
         ensure_tiny_backbones(cfg.backbones.whisper, cfg.backbones.orpheus, cfg.backbones.snac)

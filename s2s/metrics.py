@@ -22,6 +22,20 @@ def token_loss_sum(out: TargetLogits, label_smoothing: float = 0.0) -> torch.Ten
     return F.cross_entropy(out.logits, out.labels, reduction="sum", label_smoothing=label_smoothing)
 
 
+def token_loss_sums(out: TargetLogits, label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(smoothed loss sum to optimize, plain NLL sum to report) from ONE log-softmax over [N, V].
+
+    Label smoothing eps mixes the target with a uniform distribution over V:
+    loss = (1 - eps) * nll + eps * mean_v(-log p_v), exactly what F.cross_entropy computes.
+    """
+    logp = F.log_softmax(out.logits, dim=-1)
+    nll = -logp.gather(1, out.labels[:, None]).squeeze(1)
+    if not label_smoothing:
+        return nll.sum(), nll.sum().detach()
+    smooth = -logp.mean(dim=-1)
+    return ((1 - label_smoothing) * nll + label_smoothing * smooth).sum(), nll.sum().detach()
+
+
 class TokenStats:
     """Running sums of per-token loss and correctness, overall and per group."""
 

@@ -59,33 +59,55 @@ def _atomic_save(tensors: dict, path: Path) -> None:
 
 
 def _cached(path: Path, enabled: bool, compute) -> dict:
-    if enabled and path.is_file():
-        try:
-            return load_file(str(path))
-        except Exception:  # a damaged cache entry is recomputed, never trusted
-            path.unlink(missing_ok=True)
-    tensors = compute()
-    if enabled:
-        _atomic_save(tensors, path)
+    tensors = _load(path, enabled)
+    if tensors is None:
+        tensors = compute()
+        if enabled:
+            _atomic_save(tensors, path)
     return tensors
 
 
+def _load(path: Path, enabled: bool) -> dict | None:
+    if not (enabled and path.is_file()):
+        return None
+    try:
+        return load_file(str(path))
+    except Exception:  # a damaged cache entry is recomputed, never trusted
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _speech_states(chunk: list[Example], core: FrozenCore, states_dir: Path, enabled: bool) -> list[torch.Tensor]:
+    """Encoder states of a chunk of examples; the uncached ones go through Whisper in ONE call
+    (every input is padded to 30 s anyway, so batching costs nothing extra per utterance)."""
+    paths = [states_dir / f"{ex.key}.safetensors" for ex in chunk]
+    found = [_load(p, enabled) for p in paths]
+    todo = [i for i, f in enumerate(found) if f is None]
+    for i, st in zip(todo, core.encode_speech([chunk[i].wave16k for i in todo]) if todo else []):
+        found[i] = {"states": st.half()}
+        if enabled:
+            _atomic_save(found[i], paths[i])
+    return [f["states"].float() for f in found]
+
+
 def prepare(examples: list[Example], core: FrozenCore, cfg: CacheConfig, progress: bool = True,
-            desc: str = "prepare") -> list[PreparedExample]:
+            desc: str = "prepare", encoder_batch: int = 16) -> list[PreparedExample]:
     """Compute (or read from cache) target audio ids and, if configured, encoder states."""
     root = Path(cfg.dir)
     codes_dir = root / "snac" / fingerprint(core.cfg.snac)
     states_dir = root / "whisper" / fingerprint(core.cfg.whisper)
     out = []
-    for ex in tqdm(examples, desc=desc, disable=not progress, unit="utt"):
-        codes = _cached(codes_dir / f"{ex.key}.safetensors", cfg.enabled,
-                        lambda: {"tokens": codes_to_tokens(core.encode_codes(ex.target24k), core.layout)})
-        states = None
-        if cfg.cache_speech_states:
-            states = _cached(states_dir / f"{ex.key}.safetensors", cfg.enabled,
-                             lambda: {"states": core.encode_speech([ex.wave16k])[0].half()})["states"].float()
-        out.append(PreparedExample(ex.key, ex.text, ex.language, codes["tokens"], states,
-                                   None if states is not None else ex.wave16k))
+    bar = tqdm(total=len(examples), desc=desc, disable=not progress, unit="utt")
+    for start in range(0, len(examples), encoder_batch):
+        chunk = examples[start:start + encoder_batch]
+        states = _speech_states(chunk, core, states_dir, cfg.enabled) if cfg.cache_speech_states else [None] * len(chunk)
+        for ex, st in zip(chunk, states):
+            codes = _cached(codes_dir / f"{ex.key}.safetensors", cfg.enabled,
+                            lambda: {"tokens": codes_to_tokens(core.encode_codes(ex.target24k), core.layout)})
+            out.append(PreparedExample(ex.key, ex.text, ex.language, codes["tokens"], st,
+                                       None if st is not None else ex.wave16k))
+        bar.update(len(chunk))
+    bar.close()
     return out
 
 

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from s2s.checkpoint import save_checkpoint
-from s2s.metrics import evaluate, token_loss_sum
+from s2s.metrics import evaluate, token_loss_sums
 
 
 @dataclass
@@ -128,11 +128,10 @@ class Trainer:
         for batch in micro_batches:
             with self._autocast():
                 out = self.model(batch)
-            loss = token_loss_sum(out, self.cfg.label_smoothing)
+            loss, nll = token_loss_sums(out, self.cfg.label_smoothing)
             (loss / n_tokens).backward()
             loss_sum += loss.item()
-            with torch.no_grad():
-                nll_sum += token_loss_sum(out).item() if self.cfg.label_smoothing else loss.item()
+            nll_sum += nll.item()
         n = n_tokens.item()
         return {"train/loss": loss_sum / n, "train/nll": nll_sum / n, "train/tokens": n}
 

@@ -235,3 +235,15 @@ def test_checkpoint_round_trip(tiny_core, tiny_strategy_cfg, by_length, make_bat
     other = AdapterStage1(type(tiny_strategy_cfg)(**{**vars(tiny_strategy_cfg), "expansion_blocks": 1}), tiny_core)
     with pytest.raises(ValueError, match="does not fit"):
         other.load_trainable_state_dict(weights)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_one_softmax_gives_both_losses_exactly(eps):
+    """The trainer's single log-softmax must equal PyTorch's smoothed and plain cross-entropy."""
+    from s2s.metrics import token_loss_sums
+    from s2s.strategies.base import TargetLogits
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(40, 97, generator=g, dtype=torch.float64), torch.randint(0, 97, (40,), generator=g)
+    loss, nll = token_loss_sums(TargetLogits(logits, labels, labels, labels), eps)
+    assert torch.allclose(loss, F.cross_entropy(logits, labels, reduction="sum", label_smoothing=eps), atol=1e-10)
+    assert torch.allclose(nll, F.cross_entropy(logits, labels, reduction="sum"), atol=1e-10)
