@@ -202,11 +202,24 @@ class FrozenCore:
         """LLM input embeddings of token ids [...] -> [..., H]."""
         return self.llm.get_input_embeddings()(ids.to(self.device))
 
-    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Run the frozen LLM body on [B, L, H] embeddings (right-padded) -> last hidden states [B, L, H]."""
+    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                      position_ids: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+        """Run the frozen LLM body on [B, L, H] embeddings -> last hidden states [B, L, H].
+
+        Training passes right-padded sequences and no positions. Incremental decoding passes
+        `cache` (a transformers `DynamicCache`, extended in place), `attention_mask` [B, past + L]
+        over every position so far and `position_ids` [B, L] (padding may sit anywhere).
+        """
+        kwargs = {"use_cache": False} if cache is None else {self._cache_keyword(): cache, "use_cache": True}
         out = self.llm.model(inputs_embeds=inputs_embeds.to(self.dtype), attention_mask=attention_mask,
-                             use_cache=False)
+                             position_ids=position_ids, **kwargs)
         return out.last_hidden_state
+
+    def _cache_keyword(self) -> str:
+        # transformers renamed `past_key_values` to `cache` (5.24 warns on the old name; 5.17 lacks the new one)
+        import inspect
+        params = inspect.signature(type(self.llm.model).forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head on selected hidden states [N, H] -> [N, V] float32."""

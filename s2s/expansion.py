@@ -45,17 +45,21 @@ class Attention(nn.Module):
         b, n, w = x.shape
         return x.view(b, n, self.heads, w // self.heads).transpose(1, 2)
 
-    def forward(self, x, memory, q_pos, k_pos, mask=None, cache=None):
+    def forward(self, x, memory, q_pos, k_pos, mask=None, cache=None, static=False):
         """x [B, Lq, W], memory [B, Lk, W], q_pos [B, Lq], k_pos [B, Lk], mask bool [B, 1, Lq, Lk] or None.
 
-        `cache` (a dict, optional) appends this call's keys/values to earlier ones, for generation.
+        `cache` (a dict, optional) keeps keys/values for generation: appended to on every call,
+        or, with `static` (cross-attention to a fixed memory), computed once and reused.
         """
         q = rope(self._split(self.q(x)), q_pos)
-        k = rope(self._split(self.k(memory)), k_pos)
-        v = self._split(self.v(memory))
-        if cache is not None:
-            if "k" in cache:
+        if static and cache:
+            k, v = cache["k"], cache["v"]
+        else:
+            k = rope(self._split(self.k(memory)), k_pos)
+            v = self._split(self.v(memory))
+            if cache is not None and "k" in cache:
                 k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+        if cache is not None:
             cache["k"], cache["v"] = k, v
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.o(out.transpose(1, 2).flatten(2))
@@ -81,7 +85,8 @@ class Block(nn.Module):
     def forward(self, h, memory, pos, times, mem_times, self_mask, cross_mask, cache=None):
         x = self.n1(h)
         h = h + self.self_attn(x, x, pos, pos, self_mask, cache)
-        h = h + self.cross_attn(self.n2(h), memory, times, mem_times, cross_mask)
+        cross_cache = cache.setdefault("cross", {}) if cache is not None else None
+        h = h + self.cross_attn(self.n2(h), memory, times, mem_times, cross_mask, cross_cache, static=True)
         return h + self.ffn(self.n3(h))
 
 
@@ -105,25 +110,28 @@ class ExpansionBlocks(nn.Module):
         """Expand the sequence.
 
         x [B, L, D] embedded sequence; audio [B, Ta, Da] adapter output, audio_mask [B, Ta] bool;
-        slots [B, L] long; times [B, L] float (0.1 s units); pad_mask [B, L] bool (True = real token).
+        slots [B, L] long; times [B, L] float (0.1 s units); pad_mask [B, past + L] bool (True = a
+        real position), over the cached positions too when there are any.
         positions [B, L] and caches (one dict per block) are given in incremental generation:
-        then x holds only the new positions and self-attention also sees the cached ones.
-        Returns [B, L, D].
+        then x holds only the new positions (padding may sit anywhere, so rotary positions are
+        given) and self-attention also sees the cached ones. Returns [B, L, D].
         """
         b, n, _ = x.shape
         if positions is None:
             positions = torch.arange(n, device=x.device).expand(b, n)
         past = caches[0]["k"].shape[2] if caches and "k" in caches[0] else 0
-        key_pos = torch.arange(past + n, device=x.device)
-        causal = key_pos[None, :] <= positions[:, :, None]  # [B, L, past + L]
-        if past == 0:
-            causal = causal & pad_mask[:, None, :]
-        self_mask = causal[:, None]
+        key_index = torch.arange(past + n, device=x.device)
+        query_index = key_index[past:, None]
+        # Every query also sees itself: a left-padded position with no real key would otherwise
+        # get an all-masked softmax (NaN) that the LLM would later read through its values.
+        self_mask = ((key_index <= query_index) & pad_mask[:, None, :]) | (key_index == query_index)
+        self_mask = self_mask[:, None]
         cross_mask = audio_mask[:, None, None, :].expand(b, 1, n, audio.shape[1])
         mem_times = torch.arange(audio.shape[1], device=x.device).expand(b, -1)
 
         h = self.in_proj(x) + self.slot(slots)
-        memory = self.mem_proj(audio)
+        cached_memory = bool(caches and caches[0].get("cross"))
+        memory = None if cached_memory else self.mem_proj(audio)  # its keys/values are already cached
         for i, block in enumerate(self.blocks):
             h = block(h, memory, positions, times, mem_times, self_mask, cross_mask, caches[i] if caches else None)
         return x + self.out_proj(self.norm(h))

@@ -11,8 +11,8 @@ cross-attention to the adapter output; their output is the LLM's `inputs_embeds`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass, field, replace
+from typing import Callable, ClassVar
 
 import torch
 
@@ -21,7 +21,8 @@ from s2s.expansion import OTHER_SLOT, ExpansionBlocks
 from s2s.prepare import Batch
 from s2s.search_space import TRAIN_SEARCH_SPACE
 from s2s.strategies.base import Strategy, TargetLogits, pad_right, pad_states, target_logits, target_slots
-from s2s.tokens import human_prefix, human_suffix, text_ids
+from s2s.strategies.decoder import Decoder, Features
+from s2s.tokens import FRAME, human_prefix, human_suffix, text_ids
 
 
 @dataclass
@@ -36,6 +37,11 @@ class AdapterStage1Config:
     # Default hyperparameter search space (python -m experiments.search; format: s2s/search_space.py).
     SEARCH_SPACE: ClassVar[dict] = {**TRAIN_SEARCH_SPACE,
                                    "strategy.expansion_blocks": {"type": "int", "low": 1, "high": 4}}
+
+
+def speech_times(index: torch.Tensor, frame_time: float) -> torch.Tensor:
+    """Time (adapter frames) of the positions predicting speech tokens number `index` [n] -> [n] float."""
+    return (index // FRAME).float() * frame_time
 
 
 class AdapterStage1(Strategy):
@@ -62,11 +68,15 @@ class AdapterStage1(Strategy):
             audio, alens = audio[audio_order], alens[audio_order]
         return audio, alens
 
+    def frame_time(self) -> float:
+        """One SNAC frame in adapter-frame (0.1 s) units: the time axis of cross-attention."""
+        return self.core.frame_seconds / FRAME_SECONDS
+
     def build_inputs(self, batch: Batch, audio: torch.Tensor, alens: torch.Tensor) -> dict:
         """Embedded, right-padded sequences and the per-position metadata the blocks need."""
         core, dev = self.core, self.core.device
         n_pre, n_suf = len(self.prefix), len(self.suffix)
-        frame_time = core.frame_seconds / FRAME_SECONDS
+        frame_time = self.frame_time()
         seqs, slots, times, targets = [], [], [], []
         for i, speech in enumerate(batch.speech_tokens):
             a, n = int(alens[i]), len(speech)
@@ -76,7 +86,7 @@ class AdapterStage1(Strategy):
             head = n_pre + a + n_suf - 1  # positions before the one that predicts the first speech id
             slots.append(torch.cat([torch.full((head,), OTHER_SLOT, device=dev), target_slots(n, dev)]))
             t_audio = torch.arange(a, device=dev, dtype=torch.float32)
-            t_speech = (torch.arange(n + 1, device=dev) // 7).float() * frame_time
+            t_speech = speech_times(torch.arange(n + 1, device=dev), frame_time)
             times.append(torch.cat([torch.zeros(n_pre, device=dev), t_audio, torch.zeros(n_suf - 1, device=dev),
                                     t_speech]))
             targets.append(torch.arange(head, head + n + 1, device=dev))
@@ -97,3 +107,43 @@ class AdapterStage1(Strategy):
         _, expanded, inp = self.expand(batch, audio_order)
         hidden = self.core.hidden_states(expanded, inp["mask"].long())
         return target_logits(self.core, hidden, inp["targets"], batch.speech_tokens)
+
+    def decoder(self, batch: Batch, use_cache: bool = True) -> "AdapterDecoder":
+        return AdapterDecoder(self, batch, use_cache)
+
+
+class AdapterDecoder(Decoder):
+    """Generation through adapter + ExpansionBlocks (their self-attention cached too) + LLM.
+
+    `fuse(e, h)`, when given, turns embeddings e and expansion output h into the LLM inputs
+    (gatefusion_stage2); by default the LLM reads h.
+    """
+
+    def __init__(self, model: AdapterStage1, batch: Batch, use_cache: bool = True,
+                 fuse: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
+        super().__init__(model.core, use_cache)
+        self.model, self.batch, self.fuse = model, batch, fuse
+        self.caches = [{} for _ in model.expansion.blocks] if use_cache else None
+        self.n_tokens = 0  # speech tokens fed so far
+
+    def prompt_features(self) -> list[Features]:
+        dev = self.core.device
+        self.audio, alens = self.model.audio_embeddings(self.batch)
+        self.audio_mask = torch.arange(self.audio.shape[1], device=dev)[None, :] < alens[:, None]
+        empty = replace(self.batch, speech_tokens=[torch.zeros(0, dtype=torch.long)] * len(self.batch))
+        inp = self.model.build_inputs(empty, self.audio, alens)
+        return [{"x": inp["x"][i, m], "slots": inp["slots"][i, m], "times": inp["times"][i, m]}
+                for i, m in enumerate(inp["mask"])]
+
+    def token_features(self, tokens: torch.Tensor) -> list[Features]:
+        self.n_tokens += 1  # the new position predicts speech token number n_tokens
+        x = self.core.embed(tokens).to(self.audio.dtype)
+        index = torch.tensor([self.n_tokens], device=x.device)
+        slot, time = index % FRAME, speech_times(index, self.model.frame_time())
+        return [{"x": x[i:i + 1], "slots": slot, "times": time} for i in range(len(tokens))]
+
+    def llm_inputs(self, features: Features, positions: torch.Tensor) -> torch.Tensor:
+        x = features["x"]
+        h = self.model.expansion(x, self.audio, self.audio_mask, features["slots"], features["times"], self.mask,
+                                 positions, self.caches)
+        return h if self.fuse is None else self.fuse(x, h)

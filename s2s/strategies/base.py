@@ -51,6 +51,10 @@ class Strategy(nn.Module):
         """
         raise NotImplementedError
 
+    def decoder(self, batch: Batch, use_cache: bool = True):
+        """A `s2s.strategies.decoder.Decoder` generating speech tokens for `batch` (see that module)."""
+        raise NotImplementedError(f"strategy '{self.name}' does not implement generation (decoder)")
+
     def count_targets(self, batch: Batch) -> int:
         """Target tokens in a batch (speech tokens + end_of_speech per sample), known before forward."""
         return sum(len(t) + 1 for t in batch.speech_tokens)

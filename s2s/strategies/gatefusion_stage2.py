@@ -24,7 +24,7 @@ from torch import nn
 from s2s.checkpoint import CheckpointError, load_checkpoint
 from s2s.prepare import Batch
 from s2s.search_space import TRAIN_SEARCH_SPACE
-from s2s.strategies.adapter_stage1 import AdapterStage1, AdapterStage1Config
+from s2s.strategies.adapter_stage1 import AdapterDecoder, AdapterStage1, AdapterStage1Config
 from s2s.strategies.base import Strategy, TargetLogits, target_logits
 
 
@@ -98,3 +98,6 @@ class GateFusionStage2(Strategy):
         e, h, inp = self.stage1.expand(batch, audio_order)
         hidden = self.core.hidden_states(self.fuse(e, h), inp["mask"].long())
         return target_logits(self.core, hidden, inp["targets"], batch.speech_tokens)
+
+    def decoder(self, batch: Batch, use_cache: bool = True) -> AdapterDecoder:
+        return AdapterDecoder(self.stage1, batch, use_cache, fuse=self.fuse)

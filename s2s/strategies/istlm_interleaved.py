@@ -22,6 +22,7 @@ from s2s.adapter import SpeechAdapter
 from s2s.prepare import Batch
 from s2s.search_space import TRAIN_SEARCH_SPACE
 from s2s.strategies.base import Strategy, TargetLogits, pad_right, pad_states, target_logits
+from s2s.strategies.decoder import Decoder, Features
 from s2s.tokens import human_prefix, human_suffix, text_ids
 
 
@@ -117,3 +118,42 @@ class IstlmInterleaved(Strategy):
         x, mask = pad_right(seqs)
         hidden = core.hidden_states(x, mask.long())
         return target_logits(core, hidden, targets, batch.speech_tokens)
+
+    def decoder(self, batch: Batch, use_cache: bool = True) -> "IstlmDecoder":
+        return IstlmDecoder(self, batch, use_cache)
+
+
+class IstlmDecoder(Decoder):
+    """Generation in the training layout: after every `speech_chunk` generated tokens, while
+    input remains, the next `input_chunk` input embeddings are appended and the next token is
+    read after them. (end_of_speech is thus only read where training taught it whenever the
+    input runs out before the speech does, the usual case: 1:3 chunks of 10 Hz audio
+    embeddings and 86 Hz speech tokens.)"""
+
+    def __init__(self, model: IstlmInterleaved, batch: Batch, use_cache: bool = True):
+        super().__init__(model.core, use_cache)
+        self.model, self.batch = model, batch
+        self.n_tokens = 0
+        self.cursor: list[int] = []  # per sample, input positions appended so far
+
+    def prompt_features(self) -> list[Features]:
+        self.inputs = self.model.inputs(self.batch)
+        prompt = self.core.embed(torch.tensor(self.model.prompt, device=self.core.device))
+        self.dtype = self.inputs[0].dtype if self.inputs else prompt.dtype
+        chunk = self.model.cfg.input_chunk
+        self.cursor = [min(chunk, len(inp)) for inp in self.inputs]
+        return [{"x": torch.cat([prompt.to(self.dtype), inp[:chunk]])} for inp in self.inputs]
+
+    def token_features(self, tokens: torch.Tensor) -> list[Features]:
+        self.n_tokens += 1
+        x = self.core.embed(tokens).to(self.dtype)
+        boundary = self.n_tokens % self.model.cfg.speech_chunk == 0
+        blocks = []
+        for i, inp in enumerate(self.inputs):
+            block = x[i:i + 1]
+            if boundary and self.cursor[i] < len(inp):
+                end = self.cursor[i] + self.model.cfg.input_chunk
+                block = torch.cat([block, inp[self.cursor[i]:end]])
+                self.cursor[i] = min(end, len(inp))
+            blocks.append({"x": block})
+        return blocks

@@ -1,0 +1,118 @@
+"""Speech-to-speech generation: a trained strategy's speech tokens -> SNAC codes -> 24 kHz audio.
+
+    out = generate(model, batch, GenerationConfig(temperature=0))   # greedy, KV-cached
+    wave, skipped = tokens_to_audio(core, out.tokens[0])
+
+Sampling is Orpheus' usual recipe (temperature, nucleus top_p, repetition penalty, using the
+transformers logits processors). `constrain` keeps every sampled id decodable: at frame position
+k only the 4096 (codebook) ids of position k may follow, and end_of_speech only between frames,
+as it always sits in training. A sample stops at end_of_speech or `max_new_tokens`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from s2s.tokens import FRAME, tokens_to_codes
+
+
+@dataclass
+class GenerationConfig:
+    temperature: float = field(default=0.6, metadata={"range": (0.0, None)})  # 0 = greedy
+    top_p: float = field(default=0.95, metadata={"range": (0.0, 1.0)})
+    repetition_penalty: float = field(default=1.1, metadata={"range": (0.0, None)})  # 1 = none
+    max_new_tokens: int = field(default=1400, metadata={"range": (1, None)})  # 1400 ids = 200 frames = 17 s
+    constrain: bool = True
+    seed: int = 0
+    batch_size: int = field(default=8, metadata={"range": (1, None)})
+    use_cache: bool = True  # False: recompute the whole sequence every step (the slow reference)
+
+
+@dataclass
+class Generated:
+    tokens: list[torch.Tensor]  # per sample, the speech ids [n_i] (end_of_speech excluded)
+    stopped: list[bool]  # per sample, whether it ended with end_of_speech (not max_new_tokens)
+    steps: int  # decoder steps run for the batch
+
+
+def allowed_ids(layout, position: int, vocab: int, device) -> torch.Tensor:
+    """Bool [V]: ids that may follow at frame `position` (its codebook ids; end_of_speech at 0)."""
+    ok = torch.zeros(vocab, dtype=torch.bool, device=device)
+    lo = layout.audio_offset + position * layout.codebook_size
+    ok[lo:lo + layout.codebook_size] = True
+    if position == 0:
+        ok[layout.end_of_speech] = True
+    return ok
+
+
+def _processors(cfg: GenerationConfig) -> list:
+    from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                                                        TopPLogitsWarper)
+    procs = []
+    if cfg.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
+    if cfg.temperature > 0:
+        procs.append(TemperatureLogitsWarper(cfg.temperature))
+        if cfg.top_p < 1.0:
+            procs.append(TopPLogitsWarper(cfg.top_p))
+    return procs
+
+
+def next_tokens(logits: torch.Tensor, history: torch.Tensor, cfg: GenerationConfig, allowed: torch.Tensor | None,
+                generator: torch.Generator) -> torch.Tensor:
+    """Pick the next id per sample: logits [B, V], history [B, t] ids so far, allowed [V] bool -> [B]."""
+    scores = logits.float()
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    for proc in _processors(cfg):
+        scores = proc(history, scores)
+    if cfg.temperature == 0:
+        return scores.argmax(-1)
+    probs = torch.softmax(scores, -1)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).view(-1).to(logits.device)
+
+
+@torch.no_grad()
+def generate(model, batch, cfg: GenerationConfig = GenerationConfig()) -> Generated:
+    """Generate speech tokens for every sample of `batch` (a `s2s.prepare.Batch`) with `model` (a Strategy)."""
+    core = model.core
+    layout, device = core.layout, core.device
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(cfg.seed)
+    decoder = model.decoder(batch, cfg.use_cache)
+    logits = decoder.start()
+    b = len(batch)
+    history = torch.zeros(b, 0, dtype=torch.long, device=device)
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    stopped = torch.zeros(b, dtype=torch.bool, device=device)
+    lengths = torch.zeros(b, dtype=torch.long, device=device)
+    steps = 0
+    for t in range(cfg.max_new_tokens):
+        allowed = allowed_ids(layout, t % FRAME, logits.shape[-1], device) if cfg.constrain else None
+        tokens = next_tokens(logits, history, cfg, allowed, generator)
+        tokens = torch.where(done, torch.full_like(tokens, layout.end_of_speech), tokens)
+        ended = tokens == layout.end_of_speech
+        stopped |= ended & ~done
+        lengths += (~done & ~ended).long()
+        done |= ended
+        history = torch.cat([history, tokens[:, None]], 1)
+        steps += 1
+        if done.all() or t == cfg.max_new_tokens - 1:
+            break
+        logits = decoder.step(tokens)
+    model.train(was_training)
+    return Generated([history[i, :lengths[i]].cpu() for i in range(b)], stopped.tolist(), steps)
+
+
+def tokens_to_audio(core, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Speech ids [n] -> (24 kHz waveform [2048 * frames] float32, ids dropped as broken frames).
+
+    Decoding is lenient (a broken frame is dropped, not an error): sampling without `constrain`
+    can produce ids that fit no frame.
+    """
+    codes, skipped = tokens_to_codes(tokens, core.layout, strict=False)
+    if codes[0].numel() == 0:
+        return torch.zeros(0), skipped
+    return core.decode_codes(codes), skipped
