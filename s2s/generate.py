@@ -23,6 +23,7 @@ class GenerationConfig:
     top_p: float = field(default=0.95, metadata={"range": (0.0, 1.0)})
     repetition_penalty: float = field(default=1.1, metadata={"range": (0.0, None)})  # 1 = none
     max_new_tokens: int = field(default=1400, metadata={"range": (1, None)})  # 1400 ids = 200 frames = 17 s
+    min_new_tokens: int = field(default=0, metadata={"range": (0, None)})  # end_of_speech is masked before
     constrain: bool = True
     seed: int = 0
     batch_size: int = field(default=8, metadata={"range": (1, None)})
@@ -91,6 +92,10 @@ def generate(model, batch, cfg: GenerationConfig = GenerationConfig()) -> Genera
     steps = 0
     for t in range(cfg.max_new_tokens):
         allowed = allowed_ids(layout, t % FRAME, logits.shape[-1], device) if cfg.constrain else None
+        if t < cfg.min_new_tokens:
+            allowed = allowed.clone() if allowed is not None else torch.ones(logits.shape[-1], dtype=torch.bool,
+                                                                              device=device)
+            allowed[layout.end_of_speech] = False
         tokens = next_tokens(logits, history, cfg, allowed, generator)
         tokens = torch.where(done, torch.full_like(tokens, layout.end_of_speech), tokens)
         ended = tokens == layout.end_of_speech

@@ -186,3 +186,8 @@ def test_tokens_to_audio_drops_broken_frames(tiny_core):
     assert dropped == 4 and len(wave) == 2 * 2048
     empty, dropped = tokens_to_audio(tiny_core, torch.tensor(frame[:5]))
     assert empty.numel() == 0 and dropped == 5
+
+
+def test_min_new_tokens_masks_end_of_speech_until_reached():
+    out = generate(ScriptedModel([0]), [0], GenerationConfig(max_new_tokens=30, min_new_tokens=10, **GREEDY))
+    assert len(out.tokens[0]) == 14 and out.stopped == [True]  # the first frame boundary at or after 10
