@@ -47,20 +47,32 @@ def build_strategy(cfg: ExperimentConfig, core):
     return strategy_class(cfg.strategy_name)(cfg.strategy, core)
 
 
-def load_trained(checkpoint: str, overrides: list[str] = ()):
-    """Rebuild (config, core, strategy) from a checkpoint directory; `overrides` as on the command line."""
+def load_trained(checkpoint: str, overrides: list[str] = (), others: list = ()):
+    """Rebuild (config, core, strategy) from a checkpoint directory; `overrides` as on the command line.
+
+    `others`: further configs (dataclasses) that take the overrides whose first section they own.
+    """
     from experiments.config import config_from_dict
     from s2s.backbones import FrozenCore
-    from s2s.config import apply_overrides, validate
-    from s2s.checkpoint import load_checkpoint
+    from s2s.checkpoint import CheckpointError, load_checkpoint
+    from s2s.config import apply_overrides_many, validate
 
     weights, meta = load_checkpoint(checkpoint)
-    cfg = config_from_dict(meta["config"])
-    apply_overrides(cfg, list(overrides))
+    if not isinstance(meta.get("config"), dict) or "strategy_name" not in meta["config"]:
+        raise CheckpointError(f"{checkpoint}: meta.json has no 'config' with a 'strategy_name'; not a checkpoint "
+                              f"written by s2s (or written by an incompatible version)")
+    try:
+        cfg = config_from_dict(meta["config"])
+    except ValueError as e:
+        raise CheckpointError(f"{checkpoint}: the config in meta.json cannot be rebuilt ({e})") from None
+    apply_overrides_many([cfg, *others], list(overrides))
     validate(cfg)
     core = FrozenCore(cfg.backbones)
     model = build_strategy(cfg, core)
-    model.load_trainable_state_dict(weights)
+    try:
+        model.load_trainable_state_dict(weights)
+    except ValueError as e:
+        raise CheckpointError(f"{checkpoint}: {e}") from None
     return cfg, core, model
 
 

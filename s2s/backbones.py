@@ -226,6 +226,12 @@ class FrozenCore:
         return self.llm.lm_head(hidden).float()
 
 
+def autocast(device):
+    """bf16 autocast on CUDA, where the frozen backbones run in bf16 and trainable modules stay
+    float32; a no-op on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda")
+
+
 def snac_frames(samples_24k: int) -> int:
     """How many 7-token frames SNAC gives for a waveform of this length (it pads to 2048 samples)."""
     return math.ceil(samples_24k / (4 * SNAC_HOP))

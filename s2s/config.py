@@ -43,8 +43,8 @@ def _leaf_keys(cls_or_obj, prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown_key(key: str, cfg) -> ConfigError:
-    valid = _leaf_keys(cfg)
+def _unknown_key(key: str, *cfgs) -> ConfigError:
+    valid = [k for cfg in cfgs for k in _leaf_keys(cfg)]
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     if not close:  # a bare leaf name ("lr") should still find "train.lr"
         leaf = key.split(".")[-1]
@@ -168,6 +168,17 @@ def apply_overrides(cfg, overrides: list[str]) -> None:
             raise ConfigError(f"override '{item}' must look like key=value (for example train.lr=1e-4)")
         key, raw = item.split("=", 1)
         set_value(cfg, key.strip(), raw.strip())
+
+
+def apply_overrides_many(cfgs: list, overrides: list[str]) -> None:
+    """Apply `key=value` strings to whichever config of `cfgs` has the key's first section;
+    an unknown key suggests the closest one among all of them."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        owner = next((c for c in cfgs if key.split(".")[0] in {f.name for f in dataclasses.fields(c)}), None)
+        if owner is None:
+            raise _unknown_key(key, *cfgs)
+        apply_overrides(owner, [item])
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from s2s.backbones import autocast
 from s2s.tokens import FRAME, tokens_to_codes
 
 
@@ -82,8 +83,9 @@ def generate(model, batch, cfg: GenerationConfig = GenerationConfig()) -> Genera
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(cfg.seed)
-    decoder = model.decoder(batch, cfg.use_cache)
-    logits = decoder.start()
+    with autocast(device):
+        decoder = model.decoder(batch, cfg.use_cache)
+        logits = decoder.start()
     b = len(batch)
     history = torch.zeros(b, 0, dtype=torch.long, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
@@ -106,7 +108,8 @@ def generate(model, batch, cfg: GenerationConfig = GenerationConfig()) -> Genera
         steps += 1
         if done.all() or t == cfg.max_new_tokens - 1:
             break
-        logits = decoder.step(tokens)
+        with autocast(device):
+            logits = decoder.step(tokens)
     model.train(was_training)
     return Generated([history[i, :lengths[i]].cpu() for i in range(b)], stopped.tolist(), steps)
 

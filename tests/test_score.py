@@ -1,0 +1,209 @@
+"""`python -m evaluation.score`: a trained tiny checkpoint scored end to end, and hostile checkpoints."""
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+import shutil
+
+import pytest
+import soundfile as sf
+import torch
+
+from evaluation.score import main as score_main
+from tests.test_run_mlflow import overrides as run_overrides
+
+SCORE_ARGS = ["--n", "3", "--no-progress", "generation.max_new_tokens=21", "generation.batch_size=2"]
+
+
+class Payload:
+    """Unpickling this creates `path`: the proof that a loader executed code."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, synth_dataset, tiny_backbone_cfg, tiny_core, prepared_cache_dir):
+    """(checkpoint dir, run id, tracking uri) of a 2-step adapter_stage1 run on the tiny preset."""
+    from experiments.config import build_config
+    from experiments.run import train
+
+    root = tmp_path_factory.mktemp("score_mlflow")
+    out = tmp_path_factory.mktemp("score_run") / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        cfg = build_config("adapter_stage1", "tiny", run_overrides(synth_dataset, tiny_backbone_cfg, prepared_cache_dir,
+                                                                   root, out, **{"train.max_steps": 2}))
+        result = train(cfg, progress=False)
+    return result["checkpoint"], result["run_id"], result["tracking_uri"]
+
+
+@pytest.fixture(scope="module")
+def scored(trained, tmp_path_factory, capsys_module):
+    """Score a copy of the checkpoint that also holds a booby-trapped trainer_state.pt."""
+    ckpt, run_id, uri = trained
+    copy = tmp_path_factory.mktemp("ckpt") / "final"
+    shutil.copytree(ckpt, copy)
+    marker = copy.parent / "executed"
+    (copy / "trainer_state.pt").write_bytes(pickle.dumps(Payload(marker)))
+    out = tmp_path_factory.mktemp("scored") / "report"
+    code = score_main([str(copy), *SCORE_ARGS, "--out", str(out)])
+    return code, out, marker, capsys_module.readouterr()
+
+
+@pytest.fixture(scope="module")
+def capsys_module():
+    """Module-scoped stdout/stderr capture (pytest's capsys is function-scoped)."""
+    import io
+    import sys
+
+    class Capture:
+        def __init__(self):
+            self.out, self.err = io.StringIO(), io.StringIO()
+
+        def readouterr(self):
+            return type("Captured", (), {"out": self.out.getvalue(), "err": self.err.getvalue()})()
+
+    cap = Capture()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "stdout", cap.out)
+        mp.setattr(sys, "stderr", cap.err)
+        yield cap
+
+
+def test_score_writes_summary_rows_wavs_and_report(scored):
+    code, out, marker, captured = scored
+    assert code == 0, captured.err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 3 and summary["strategy"] == "adapter_stage1" and summary["step"] == 2
+    assert set(summary["asr_scores"]) == {"generated", "reference", "snac_roundtrip"}
+    for scores in summary["asr_scores"].values():
+        assert {"wer_corpus", "wer_mean", "cer_corpus", "cer_mean"} <= set(scores)
+        assert scores["n"] == 3
+    assert {"eval/tf/loss", "eval/tf/acc_k0"} <= set(summary["teacher_forced"])
+    rows = list(csv.DictReader(open(out / "utterances.csv", encoding="utf-8")))
+    assert len(rows) == 3
+    for row in rows:
+        wave, sr = sf.read(out / row["wav"])
+        assert sr == 24000 and len(wave) == 2048 * (int(row["generated_tokens"]) // 7)
+        assert int(row["generated_tokens"]) <= 21 and row["reference_text"]
+        assert float(row["generated_wer"]) >= 0
+    assert (out / "wer.png").stat().st_size > 0
+    assert "reference via SNAC (topline)" in captured.out and "WER corpus" in captured.out
+    assert "tiny preset" in captured.out  # the figures are labelled as coming from random models
+
+
+def test_score_never_unpickles_the_checkpoint_trainer_state(scored):
+    _, _, marker, _ = scored
+    assert not marker.exists()
+
+
+def test_score_logs_eval_metrics_and_outputs_to_the_training_run(scored, trained):
+    from mlflow.tracking import MlflowClient
+
+    _, out, _, _ = scored
+    _, run_id, uri = trained
+    client = MlflowClient(uri)
+    history = client.get_metric_history(run_id, "eval/asr/generated/wer_corpus")
+    assert [m.step for m in history] == [2]
+    summary = json.loads((out / "summary.json").read_text())
+    assert history[0].value == pytest.approx(summary["asr_scores"]["generated"]["wer_corpus"])
+    assert client.get_run(run_id).data.metrics["eval/tf/loss"] == pytest.approx(summary["teacher_forced"]["eval/tf/loss"])
+    artifacts = [a.path for a in client.list_artifacts(run_id, f"eval/{out.name}")]
+    assert f"eval/{out.name}/summary.json" in artifacts and f"eval/{out.name}/utterances.csv" in artifacts
+    assert client.get_run(run_id).info.status == "FINISHED"  # scoring does not reopen or re-end the run
+
+
+# --- hostile checkpoints: a clear error, nothing executed --------------------------------------
+
+def run_score(args, capsys):
+    code = score_main([*args, "--no-progress"])
+    return code, capsys.readouterr().err
+
+
+def test_a_pickle_file_is_refused_without_running_its_payload(tmp_path, capsys):
+    marker = tmp_path / "executed"
+    evil = tmp_path / "ckpt.pt"
+    torch.save({"state": Payload(marker)}, evil)
+    code, err = run_score([str(evil)], capsys)
+    assert code == 1 and "not an s2s checkpoint" in err and "Traceback" not in err
+    assert not marker.exists()
+
+
+def test_a_pickle_disguised_as_safetensors_is_refused(trained, tmp_path, capsys):
+    marker = tmp_path / "executed"
+    bad = tmp_path / "final"
+    shutil.copytree(trained[0], bad)
+    (bad / "model.safetensors").write_bytes(pickle.dumps(Payload(marker)))
+    code, err = run_score([str(bad)], capsys)
+    assert code == 1 and "model.safetensors" in err and "safetensors" in err
+    assert not marker.exists()
+
+
+def test_truncated_weights_are_a_clear_error(trained, tmp_path, capsys):
+    bad = tmp_path / "final"
+    shutil.copytree(trained[0], bad)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    code, err = run_score([str(bad)], capsys)
+    assert code == 1 and "damaged" in err
+
+
+def _edit_meta(src, dst, edit):
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "meta.json").read_text())
+    edit(meta)
+    (dst / "meta.json").write_text(json.dumps(meta))
+    return dst
+
+
+def test_unknown_strategy_names_the_available_ones(trained, tmp_path, capsys):
+    bad = _edit_meta(trained[0], tmp_path / "final", lambda m: m["config"].update(strategy_name="adapter_stage2"))
+    code, err = run_score([str(bad)], capsys)
+    assert code == 1 and "unknown strategy 'adapter_stage2'" in err and "adapter_stage1" in err
+
+
+def test_weights_of_another_strategy_are_refused(trained, tmp_path, capsys):
+    from experiments.config import as_dict, build_config
+
+    def as_istlm(meta):  # a coherent istlm config (same backbones and data) over adapter_stage1 weights
+        istlm = as_dict(build_config("istlm_interleaved", "tiny"))
+        meta["config"] = {**meta["config"], "strategy_name": "istlm_interleaved", "strategy": istlm["strategy"]}
+    bad = _edit_meta(trained[0], tmp_path / "final", as_istlm)
+    code, err = run_score([str(bad)], capsys)
+    assert code == 1 and "does not fit strategy 'istlm_interleaved'" in err and "unexpected ['expansion." in err
+
+
+def test_a_config_that_does_not_fit_its_strategy_is_named(trained, tmp_path, capsys):
+    bad = _edit_meta(trained[0], tmp_path / "final", lambda m: m["config"].update(strategy_name="istlm_interleaved"))
+    code, err = run_score([str(bad)], capsys)
+    assert code == 1 and "config in meta.json cannot be rebuilt" in err and "strategy.expansion_width" in err
+
+
+def test_mis_shaped_tensor_names_expected_and_found(trained, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "final"
+    shutil.copytree(trained[0], bad)
+    weights = load_file(str(bad / "model.safetensors"))
+    name = "adapter.proj.0.weight"
+    weights[name] = weights[name][:, :-5].contiguous()
+    save_file(weights, str(bad / "model.safetensors"))
+    code, err = run_score([str(bad)], capsys)
+    assert code == 1 and name in err and "checkpoint (" in err and "vs model (" in err
+
+
+def test_override_typo_suggests_a_key_of_either_config(trained, capsys):
+    code, err = run_score([str(trained[0]), "generation.temprature=0"], capsys)
+    assert code == 1 and "generation.temperature" in err
+    code, err = run_score([str(trained[0]), "data.eval_sise=3"], capsys)
+    assert code == 1 and "data.eval_size" in err
+
+
+def test_unknown_asr_backend_is_a_clear_error(trained, capsys):
+    code, err = run_score([str(trained[0]), "--asr", "whisperx", "--n", "1", "generation.max_new_tokens=7"], capsys)
+    assert code == 1 and "unknown ASR backend 'whisperx'" in err and "whisper" in err
