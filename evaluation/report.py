@@ -142,8 +142,8 @@ def format_report(summary: dict, out_dir: Path) -> str:
     lines = [f"checkpoint: {summary['checkpoint']}  ({summary['strategy']}, step {summary['step']}, "
              f"{summary['preset']} preset)"]
     if summary["preset"] == "tiny":
-        lines.append("  tiny preset: random backbones and a random ASR model; these figures test the pipeline, "
-                     "not a method")
+        asr = " and a tiny random Whisper as ASR" if summary["asr"].get("tiny") else ""
+        lines.append(f"  tiny preset: random backbones{asr}; these figures test the pipeline, not a method")
     tf = summary.get("teacher_forced") or {}
     if tf:
         lines.append(f"teacher-forced: loss {tf['eval/tf/loss']:.4f} nats/target token, accuracy "

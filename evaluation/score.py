@@ -108,17 +108,17 @@ def transcribe(asr, waves: list[torch.Tensor], sample_rate: int, languages: list
     return texts
 
 
-def asr_model_for(cfg, score_cfg: ScoreConfig) -> str | None:
-    """The ASR model: the user's, else the preset's (a tiny random Whisper on the tiny preset)."""
+def asr_model_for(cfg, score_cfg: ScoreConfig) -> tuple[str | None, bool]:
+    """(ASR model, whether it is the tiny random one): the user's, else the preset's."""
     if score_cfg.asr.model or score_cfg.asr.backend != "whisper":
-        return score_cfg.asr.model or None
+        return score_cfg.asr.model or None, False
     if cfg.preset == "tiny":  # built once, beside the tiny backbones
         from s2s.tiny_asr import build_tiny_whisper_asr
         path = Path(cfg.backbones.whisper).parent / "whisper_asr"
         if not (path / "config.json").is_file():
             build_tiny_whisper_asr(path)
-        return str(path)
-    return FULL_ASR_MODEL
+        return str(path), True
+    return FULL_ASR_MODEL, False
 
 
 def score(checkpoint: str, overrides: list[str] = (), score_cfg: ScoreConfig | None = None,
@@ -147,7 +147,7 @@ def score(checkpoint: str, overrides: list[str] = (), score_cfg: ScoreConfig | N
     generated = generate_all(model, items, collate, score_cfg.generation, progress)
     gen_seconds = time.perf_counter() - t0
 
-    asr_model = asr_model_for(cfg, score_cfg)
+    asr_model, tiny_asr = asr_model_for(cfg, score_cfg)
     asr = build_asr(score_cfg.asr.backend, model=asr_model, device=score_cfg.asr.device,
                     batch_size=score_cfg.asr.batch_size)
     langs = [e.language for e in examples]
@@ -164,7 +164,7 @@ def score(checkpoint: str, overrides: list[str] = (), score_cfg: ScoreConfig | N
     summary, rows = summarize(examples, generated, hyps, score_cfg.normalizer, sr)
     summary.update({
         "checkpoint": str(Path(checkpoint).resolve()), "strategy": cfg.strategy_name, "preset": cfg.preset,
-        "step": meta.get("step"), "asr": {"backend": score_cfg.asr.backend, "model": asr_model},
+        "step": meta.get("step"), "asr": {"backend": score_cfg.asr.backend, "model": asr_model, "tiny": tiny_asr},
         "generation": {k: getattr(score_cfg.generation, k) for k in score_cfg.generation.__dataclass_fields__},
         "teacher_forced": teacher, "skipped_samples": skips.as_dict(),
         "generation_seconds": gen_seconds,

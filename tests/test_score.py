@@ -94,7 +94,7 @@ def test_score_writes_summary_rows_wavs_and_report(scored):
         assert float(row["generated_wer"]) >= 0
     assert (out / "wer.png").stat().st_size > 0
     assert "reference via SNAC (topline)" in captured.out and "WER corpus" in captured.out
-    assert "tiny preset" in captured.out  # the figures are labelled as coming from random models
+    assert "tiny preset: random backbones and a tiny random Whisper as ASR" in captured.out  # labelled honestly
 
 
 def test_score_never_unpickles_the_checkpoint_trainer_state(scored):
