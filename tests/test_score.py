@@ -195,6 +195,10 @@ def test_mis_shaped_tensor_names_expected_and_found(trained, tmp_path, capsys):
     save_file(weights, str(bad / "model.safetensors"))
     code, err = run_score([str(bad)], capsys)
     assert code == 1 and name in err and "checkpoint (" in err and "vs model (" in err
+    del weights[name]
+    save_file(weights, str(bad / "model.safetensors"))
+    code, err = run_score([str(bad)], capsys)
+    assert code == 1 and f"missing ['{name}']" in err
 
 
 def test_override_typo_suggests_a_key_of_either_config(trained, capsys):
