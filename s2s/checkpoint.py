@@ -5,40 +5,78 @@
     <dir>/trainer_state.pt    optimizer, scheduler, RNG, data position (tensors and plain
                               values only: read back with weights_only=True, never unpickling code)
 
-Every file is written to a temporary name and renamed, so a crash never leaves a half file.
+A checkpoint directory is written whole into a hidden temporary sibling and renamed into place,
+so a crash (even SIGKILL or a power cut after the fsyncs) leaves either the old checkpoint or the
+new one, never half of one. A run's out_dir holds `step-XXXXXXX` checkpoints (the last
+`train.keep_checkpoints` are kept) and `final`.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 MODEL_FILE, META_FILE, STATE_FILE = "model.safetensors", "meta.json", "trainer_state.pt"
+FINAL = "final"
+_STEP_DIR = re.compile(r"step-(\d+)")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used, naming the file and what is wrong."""
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _atomic(path: Path, write) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     write(tmp)
+    _fsync(tmp)  # the data is on disk before the name points at it
     os.replace(tmp, path)
+
+
+def _swap_in(tmp: Path, d: Path) -> None:
+    """Rename the finished directory `tmp` to `d`, replacing an existing `d`."""
+    if d.exists():  # a directory cannot be renamed over a non-empty one: move the old aside first
+        old = d.with_name(f".{d.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(d, old)
+        os.rename(tmp, d)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, d)
+    _fsync(d.parent)
 
 
 def save_checkpoint(directory: str | Path, weights: dict[str, torch.Tensor], meta: dict,
                     trainer_state: dict | None = None) -> Path:
-    """Write a checkpoint directory; returns its path."""
+    """Write a checkpoint directory atomically (all files or none); returns its path."""
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    cpu = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
-    _atomic(d / MODEL_FILE, lambda p: save_file(cpu, str(p)))
-    if trainer_state is not None:
-        _atomic(d / STATE_FILE, lambda p: torch.save(trainer_state, p))
-    _atomic(d / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=2, default=str)))  # last: marks complete
+    d.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.tmp-", dir=d.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a checkpoint gets the usual permissions
+    try:
+        cpu = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+        _atomic(tmp / MODEL_FILE, lambda p: save_file(cpu, str(p)))
+        if trainer_state is not None:
+            _atomic(tmp / STATE_FILE, lambda p: torch.save(trainer_state, p))
+        _atomic(tmp / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=2, default=str)))
+        _swap_in(tmp, d)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # only left when writing failed
     return d
 
 
@@ -52,6 +90,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         meta = json.loads((d / META_FILE).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{d / META_FILE} is not valid JSON ({e}); the checkpoint is damaged") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{d / META_FILE} holds a {type(meta).__name__}, not a mapping; the checkpoint is "
+                              f"damaged")
     try:
         weights = load_file(str(d / MODEL_FILE))
     except Exception as e:  # safetensors raises its own error types for truncated/garbled files
@@ -63,7 +104,55 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 def load_trainer_state(directory: str | Path) -> dict:
     """Optimizer/scheduler/RNG/data position; `weights_only=True` refuses anything but tensors and plain data."""
     path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: {directory} holds weights only (not written by the trainer), "
+                              f"so training cannot continue from it")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path} cannot be loaded safely ({type(e).__name__}: {str(e)[:200]})") from None
+        raise CheckpointError(f"{path} cannot be loaded safely ({_load_failure(e)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not the trainer's state mapping")
+    return state
+
+
+def _load_failure(e: Exception) -> str:
+    """The one line of a torch.load failure that says what is wrong (torch's own message starts
+    with advice on how to load the file unsafely, which is the opposite of what is wanted here)."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return (f"it holds a reference to {refused.group(1)}, not just tensors and plain data; refused without "
+                f"unpickling it")
+    if "WeightsUnpickler error" in text:
+        return f"it holds more than tensors and plain data: {text.split('WeightsUnpickler error:')[1][:150].strip()}"
+    return f"{type(e).__name__}: {text.split('. ')[0][:200]}; the file is damaged or not a trainer state"
+
+
+def step_of(directory: Path) -> int | None:
+    """The step in a `step-XXXXXXX` directory name, else None."""
+    m = _STEP_DIR.fullmatch(directory.name)
+    return int(m.group(1)) if m else None
+
+
+def checkpoints_in(out_dir: str | Path) -> list[Path]:
+    """A run's checkpoint directories, newest first: `final`, then `step-*` by step, descending.
+    Hidden temporary directories of an interrupted write are not checkpoints."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    steps = sorted((d for d in out.iterdir() if d.is_dir() and step_of(d) is not None), key=step_of, reverse=True)
+    return ([out / FINAL] if (out / FINAL).is_dir() else []) + steps
+
+
+def prune_checkpoints(out_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` step-* checkpoints (`final` is never deleted; 0 keeps all).
+    Returns the deleted directories."""
+    if keep <= 0:
+        return []
+    old = [d for d in checkpoints_in(out_dir) if d.name != FINAL][keep:]
+    # Leftovers of a write that a crash interrupted (one process writes per out_dir, see s2s/resume.py).
+    stale = [d for d in Path(out_dir).glob(".*") if d.is_dir() and (".tmp-" in d.name or ".old-" in d.name)]
+    for d in old + stale:
+        shutil.rmtree(d, ignore_errors=True)
+    return old

@@ -29,7 +29,8 @@ def user_errors() -> tuple[type[Exception], ...]:
     """Errors whose message is written for the user: command lines print them without a traceback."""
     from s2s.backbones import BackboneError
     from s2s.tracking import TrackingError
-    return (ValueError, BackboneError, TrackingError, FileNotFoundError)
+    from s2s.trainer import NonFiniteError
+    return (ValueError, BackboneError, TrackingError, FileNotFoundError, NonFiniteError)
 
 
 def _leaf_keys(cls_or_obj, prefix: str = "") -> list[str]:

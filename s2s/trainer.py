@@ -6,10 +6,20 @@ tokens of the whole step (across ranks), so N micro-batches give the same gradie
 batch of the same samples (REFERENCE section 6) whatever the sequence lengths.
 
 State that a resume needs is explicit in `TrainState` and `state_dict()`: weights, optimizer,
-scheduler, RNG and the data position.
+scheduler, RNG, the data position, the eval history and the fault counters; `load_state_dict`
+restores all of it, and a resumed `fit` continues bit for bit where the checkpoint left off.
+
+Faults: a step whose loss or gradient norm is NaN or infinite is skipped: its gradients are
+dropped, the optimizer and the scheduler do not move and the step counter does not advance, but
+the data position does (that batch is passed over, so a bad sample cannot stall the run, and
+the run still makes exactly `total_steps` updates on the schedule it planned). Skips are counted
+(`train/skipped_steps`); `max_bad_steps` in a row stop the run with `NonFiniteError`.
+SIGINT/SIGTERM during `fit` finish the current step, save a checkpoint and raise
+`s2s.stop.Interrupted`.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,8 +30,11 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from s2s.checkpoint import save_checkpoint
+from s2s.checkpoint import prune_checkpoints, save_checkpoint
 from s2s.metrics import evaluate, token_loss_sums
+from s2s.stop import Interrupted, StopSignals
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,6 +52,8 @@ class TrainConfig:
     eval_every: int = field(default=200, metadata={"range": (1, None)})
     eval_batch_size: int = field(default=8, metadata={"range": (1, None)})
     checkpoint_every: int = field(default=0, metadata={"range": (0, None)})  # 0 = at the end only
+    keep_checkpoints: int = field(default=3, metadata={"range": (0, None)})  # newest step-* kept; 0 = all
+    max_bad_steps: int = field(default=5, metadata={"range": (1, None)})  # non-finite steps in a row before stopping
     seed: int = 0
     out_dir: str = "outputs"
     progress: bool = True
@@ -49,6 +64,10 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     cursor: int = 0  # position inside this epoch's sample order
+
+
+class NonFiniteError(RuntimeError):
+    """Too many steps in a row with a NaN/infinite loss or gradient: training cannot go on."""
 
 
 def _rank_world() -> tuple[int, int]:
@@ -92,6 +111,11 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            lr_lambda(cfg.schedule, warmup, self.total_steps))
         self.state = TrainState()
+        self.history: list[tuple[int, dict]] = []  # (step, eval metrics) of every evaluation
+        self.skipped = self.bad_streak = 0  # non-finite steps: in total, and in a row now
+        self.wall_before = 0.0  # seconds trained by earlier processes of this run (resume)
+        self._started: float | None = None
+        self._saved_state: TrainState | None = None  # the position of the last step-* save
         self.device = next(iter(self.params)).device
         torch.manual_seed(cfg.seed)
 
@@ -135,62 +159,145 @@ class Trainer:
         n = n_tokens.item()
         return {"train/loss": loss_sum / n, "train/nll": nll_sum / n, "train/tokens": n}
 
+    def _all_finite(self, loss: float, norm: torch.Tensor) -> bool:
+        ok = torch.tensor(float(math.isfinite(loss) and bool(torch.isfinite(norm))), device=self.device)
+        if self.world > 1:  # every rank skips, or none: the replicas must stay identical
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item())
+
     def train_step(self, micro_batches: list) -> dict[str, float]:
-        """One optimizer step over `micro_batches`; returns train metrics of the step."""
+        """One optimizer step over `micro_batches`; returns train metrics of the step.
+
+        A non-finite loss or gradient norm skips the update (see the module docstring): the step
+        counter stays, `train/skipped_steps` counts it; `max_bad_steps` in a row raise NonFiniteError.
+        """
         metrics = self.accumulate_gradients(micro_batches)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm or float("inf"))
+        if not self._all_finite(metrics["train/loss"], norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+            self.bad_streak += 1
+            what = f"loss {metrics['train/loss']}, grad norm {float(norm)}"
+            if self.bad_streak >= self.cfg.max_bad_steps:
+                raise NonFiniteError(
+                    f"{self.bad_streak} steps in a row had a non-finite loss or gradient (last at step "
+                    f"{self.state.step + 1}: {what}; {self.skipped} skipped in total). Training stopped: lower "
+                    f"train.lr, raise train.label_smoothing or check the data; train.max_bad_steps="
+                    f"{self.cfg.max_bad_steps} sets how many in a row are tolerated")
+            log.warning("step %d: %s; batch skipped (%d in a row, train.max_bad_steps=%d)", self.state.step + 1,
+                        what, self.bad_streak, self.cfg.max_bad_steps)
+            return {**metrics, "train/grad_norm": float(norm), "train/skipped_steps": self.skipped}
+        self.bad_streak = 0
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        return {**metrics, "train/grad_norm": float(norm), "train/lr": self.scheduler.get_last_lr()[0]}
+        return {**metrics, "train/grad_norm": float(norm), "train/lr": self.scheduler.get_last_lr()[0],
+                "train/skipped_steps": self.skipped}
 
     def evaluate(self) -> dict[str, float]:
         with self._autocast():
             return evaluate(self.model, self.eval_items, self.collate, self.cfg.eval_batch_size)
 
     # --- checkpoints -------------------------------------------------------------------------
+    def wall_seconds(self) -> float:
+        return self.wall_before + (time.time() - self._started if self._started is not None else 0.0)
+
     def state_dict(self) -> dict:
+        """Everything besides the weights that continuing this run needs (plain data and tensors only)."""
         return {"train_state": asdict(self.state), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "eval_history": [[step, dict(m)] for step, m in self.history],
+                "faults": {"skipped": self.skipped, "bad_streak": self.bad_streak},
+                "wall_seconds": self.wall_seconds()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` saved; ValueError naming the part that does not fit."""
+        part = "train_state"
+        try:
+            self.state = TrainState(**state["train_state"])
+            if self.state.step > self.total_steps:
+                raise ValueError(f"it is at step {self.state.step}, past this run's {self.total_steps} steps")
+            part = "optimizer"
+            self.optimizer.load_state_dict(state["optimizer"])
+            part = "scheduler"
+            self.scheduler.load_state_dict(state["scheduler"])
+            part = "eval_history"
+            self.history = [(int(step), dict(m)) for step, m in state.get("eval_history", [])]
+            part = "faults"
+            faults = state.get("faults", {})
+            self.skipped, self.bad_streak = int(faults.get("skipped", 0)), int(faults.get("bad_streak", 0))
+            self.wall_before = float(state.get("wall_seconds", 0.0))
+            part = "torch_rng"  # last: nothing after this may draw random numbers before training goes on
+            torch.set_rng_state(state["torch_rng"])
+            if torch.cuda.is_available() and len(state.get("cuda_rng") or []) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise ValueError(f"trainer state '{part}' does not fit this run "
+                             f"({type(e).__name__}: {str(e)[:200]})") from None
 
     def save(self, name: str | None = None) -> Path | None:
+        """Write a checkpoint (`step-XXXXXXX` unless named) into out_dir; older step-* beyond
+        `keep_checkpoints` are deleted once the new one is complete."""
         if self.rank != 0:
             return None
         directory = Path(self.cfg.out_dir) / (name or f"step-{self.state.step:07d}")
         meta = {**self.meta(), "step": self.state.step, "total_steps": self.total_steps}
-        return save_checkpoint(directory, self.model.trainable_state_dict(), meta, self.state_dict())
+        path = save_checkpoint(directory, self.model.trainable_state_dict(), meta, self.state_dict())
+        if name is None:
+            self._saved_state = TrainState(**asdict(self.state))
+            prune_checkpoints(self.cfg.out_dir, self.cfg.keep_checkpoints)
+        return path
 
     # --- the loop ----------------------------------------------------------------------------
+    def _evaluate_and_log(self, step: int, metrics: dict | None = None) -> dict:
+        ev = self.evaluate()
+        self.history.append((step, ev))
+        self.log({**(metrics or {}), **ev}, step)
+        self.on_eval(step, ev)
+        return ev
+
+    def _stop(self, signum: int) -> Interrupted:
+        """Save where training stands (unless the last step-* save is exactly here) -> the exception to raise."""
+        here = self._saved_state == self.state
+        path = Path(self.cfg.out_dir) / f"step-{self.state.step:07d}" if here else self.save()
+        return Interrupted(signum, path, self.state.step)
+
     def fit(self) -> dict:
-        """Train to `total_steps`, evaluating at step 0, every `eval_every` and at the end."""
+        """Train to `total_steps`, evaluating at step 0, every `eval_every` and at the end.
+
+        After `load_state_dict` it continues the restored run: the step-0 evaluation is not
+        repeated (its result is in the restored history, and the RNG state is the one saved after
+        it), so a resumed run draws exactly the random numbers the uninterrupted one would.
+        """
         cfg = self.cfg
         self.model.train()
-        history, start = [], time.time()
-        last_eval = self.evaluate()
-        self.log(last_eval, self.state.step)
-        history.append((self.state.step, last_eval))
-        self.on_eval(self.state.step, last_eval)
-        bar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", disable=not cfg.progress)
-        checkpoint = None
-        while self.state.step < self.total_steps:
-            metrics = self.train_step(self._next_micro_batches())
-            metrics["train/epoch"] = self.state.epoch + self.state.cursor / max(1, len(self.train_items))
-            step = self.state.step
-            evaluated = step % cfg.eval_every == 0 or step == self.total_steps
-            if evaluated:
-                last_eval = self.evaluate()
-                metrics.update(last_eval)
-                history.append((step, last_eval))
-            self.log(metrics, step)
-            if evaluated:
-                self.on_eval(step, last_eval)
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['train/nll']:.3f}", eval=f"{last_eval['eval/loss']:.3f}")
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.total_steps:
-                self.save()
-        bar.close()
-        checkpoint = self.save("final")
-        return {"eval_history": history, "final_eval": last_eval, "checkpoint": checkpoint,
-                "wall_seconds": time.time() - start, "steps": self.state.step}
+        self._started = time.time()
+        with StopSignals() as stop:
+            if not self.history:
+                self._evaluate_and_log(self.state.step)
+            last_eval = self.history[-1][1]
+            bar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", disable=not cfg.progress)
+            while self.state.step < self.total_steps and not stop.requested:
+                before = self.state.step
+                metrics = self.train_step(self._next_micro_batches())
+                metrics["train/epoch"] = self.state.epoch + self.state.cursor / max(1, len(self.train_items))
+                if self.state.step == before:  # skipped (non-finite): logged at the step it was meant to be
+                    self.log(metrics, before + 1)
+                    continue
+                step = self.state.step
+                if step % cfg.eval_every == 0 or step == self.total_steps:
+                    last_eval = self._evaluate_and_log(step, metrics)
+                else:
+                    self.log(metrics, step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['train/nll']:.3f}", eval=f"{last_eval['eval/loss']:.3f}")
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.total_steps:
+                    self.save()
+            bar.close()
+            if self.state.step < self.total_steps:  # stopped by a signal
+                raise self._stop(stop.signum)
+            checkpoint = self.save("final")
+        return {"eval_history": list(self.history), "final_eval": last_eval, "checkpoint": checkpoint,
+                "wall_seconds": self.wall_seconds(), "steps": self.state.step}
