@@ -36,6 +36,9 @@ class ExperimentConfig:
     # missing (0 = never). A data source of your own is never synthesized over.
     synth_if_missing: int = field(default=0, metadata={"range": (0, 100_000)})
     synth_dir: str = "data/synth"
+    # Continue an interrupted run: a checkpoint directory, a run's out_dir (its newest undamaged
+    # checkpoint) or an MLflow run id; the rest of the config must match the run's (s2s/resume.py).
+    resume: str = ""
 
 
 def strategy_class(name: str):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -24,7 +25,34 @@ class TrackingConfig:
 
 
 class TrackingError(RuntimeError):
-    pass
+    """The tracking store cannot be used; the message names the URI and the fix."""
+
+
+def _unreachable(uri: str, why: str, root: str = "mlruns") -> TrackingError:
+    return TrackingError(f"cannot reach the MLflow tracking store '{uri}' ({why}). Nothing was trained. Start the "
+                         f"server, fix the URI (tracking.uri=... or MLFLOW_TRACKING_URI), or unset it to use the "
+                         f"local store under {root}/")
+
+
+def check_reachable(uri: str, timeout: float = 5.0, root: str = "mlruns") -> None:
+    """TrackingError within `timeout` seconds if an http(s) tracking server does not answer at all.
+
+    MLflow itself retries a dead server with backoff for minutes (measured: 4 min for a refused
+    port) before failing; any HTTP answer, even an error status, means the server is there.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout)
+    except requests.exceptions.SSLError:
+        return  # it answered; whether its certificate is acceptable is MLflow's settings' business
+    except requests.Timeout:
+        raise _unreachable(uri, f"no answer within {timeout:g} s", root) from None
+    except requests.RequestException as e:
+        errno = re.search(r"\[Errno -?\d+\] [^'\")\]]+", str(e))  # "Connection refused", "Name or service not known"
+        raise _unreachable(uri, errno.group(0) if errno else f"{type(e).__name__}: {str(e)[:200]}", root) from None
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
@@ -60,22 +88,24 @@ def git_commit() -> str:
 
 
 class Run:
-    """One MLflow run. Use as a context manager: an exception ends it FAILED, Ctrl-C KILLED."""
+    """One MLflow run. Use as a context manager: an exception ends it FAILED, Ctrl-C/SIGTERM KILLED.
+
+    A run opened by `run_id` is only looked at until `reopen()`: leaving the block before that
+    (a damaged checkpoint found while resuming, say) leaves its status as it was."""
 
     def __init__(self, cfg: TrackingConfig, tags: dict[str, str] | None = None, run_id: str | None = None,
                  parent_run_id: str | None = None):
-        import mlflow
         from mlflow.tracking import MlflowClient
 
+        # No mlflow.set_tracking_uri: it also exports MLFLOW_TRACKING_URI, so one run's store
+        # (a bad URI included) would become every later run's default in this process.
         self.uri = tracking_uri(cfg)
-        mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
+        check_reachable(self.uri, root=cfg.root)
         try:
+            self.client = MlflowClient(self.uri)  # a store whose driver is missing fails here already
             exp = self.client.get_experiment_by_name(cfg.experiment)
         except Exception as e:  # an unreachable server or unusable database, before any training
-            raise TrackingError(f"cannot reach the MLflow tracking store '{self.uri}' ({type(e).__name__}: "
-                                f"{str(e)[:200]}). Fix the URI (tracking.uri=... or MLFLOW_TRACKING_URI) or unset "
-                                f"it to use the local store under {cfg.root}/") from None
+            raise _unreachable(self.uri, f"{type(e).__name__}: {str(e)[:200]}", cfg.root) from None
         if exp is None:
             artifacts = _artifact_root(self.uri)
             exp_id = self.client.create_experiment(cfg.experiment, artifact_location=artifacts)
@@ -85,9 +115,16 @@ class Run:
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         if run_id:
+            try:
+                self.client.get_run(run_id)
+            except Exception as e:
+                raise TrackingError(f"MLflow run {run_id} is not in the tracking store '{self.uri}' "
+                                    f"({type(e).__name__}); point tracking.uri at the store that holds it") from None
             self.run_id = run_id
+            self.active = False
         else:
             self.run_id = self.client.create_run(exp_id, run_name=cfg.run_name, tags=all_tags).info.run_id
+            self.active = True
 
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param
@@ -124,15 +161,31 @@ class Run:
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)
 
+    def reopen(self, tags: dict[str, str] | None = None) -> None:
+        """Continue an ended or crashed run: status RUNNING again (it ends as usual when the block exits)."""
+        self.client.update_run(self.run_id, status="RUNNING")
+        self.active = True
+        old = self.client.get_run(self.run_id).data.tags
+        for key in ("s2s.killed", "s2s.failure"):  # how it ended before is history now, not its outcome
+            if key in old:
+                self.client.delete_tag(self.run_id, key)
+        ended = old.get("s2s.killed") or old.get("s2s.failure")
+        self.set_tags({**({"s2s.previously": ended[:500]} if ended else {}), **(tags or {})})
+
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        status = "FINISHED" if exc_type is None else "KILLED" if exc_type is KeyboardInterrupt else "FAILED"
+        if not self.active:
+            return False
+        killed = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)  # Ctrl-C, SIGTERM (s2s.stop)
+        status = "FINISHED" if exc_type is None else "KILLED" if killed else "FAILED"
         optuna = sys.modules.get("optuna")  # a pruned search trial stopped on purpose: KILLED, not FAILED
         if exc_type is not None and optuna is not None and issubclass(exc_type, optuna.TrialPruned):
             status = "KILLED"
             self.set_tags({"s2s.pruned": "true", "s2s.pruned_reason": str(exc)[:500]})
+        elif killed:
+            self.set_tags({"s2s.killed": str(exc)[:500] or exc_type.__name__})
         elif exc is not None:
             self.set_tags({"s2s.failure": f"{exc_type.__name__}: {str(exc)[:500]}"})
         self.end(status)

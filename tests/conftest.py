@@ -1,7 +1,7 @@
 """Shared pytest fixtures."""
 
 import pytest
-pytest_plugins = ["tests.core_fixtures"]
+pytest_plugins = ["tests.core_fixtures", "tests.run_fixtures"]
 
 
 @pytest.fixture(scope="session")
