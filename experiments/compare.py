@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         order = sorted(strategies, key=lambda n: n == "gatefusion_stage2")  # stage 1 first
         cfgs = {(n, s): build_config(n, a.preset, _overrides_for(n, overrides) + [f"train.seed={s}"])
                 for n in order for s in range(a.seeds)}
+        if any(cfg.resume for cfg in cfgs.values()):
+            raise ConfigError("resume= continues one run of experiments.run; a comparison picks up where it stopped "
+                              "when you run the same command again (finished runs are reused): drop resume=")
         for (n, s), cfg in cfgs.items():
             if n == "gatefusion_stage2" and not cfg.strategy.init_from and "adapter_stage1" not in strategies:
                 raise ConfigError("gatefusion_stage2 needs strategy.init_from=<stage-1 checkpoint>, or list "
@@ -172,12 +175,15 @@ def main(argv: list[str] | None = None) -> int:
 
     first = next(iter(cfgs.values()))
     out = Path(a.out or f"reports/compare-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
     try:
-        parent = _compare(a, strategies, overrides, cfgs, first, out)
+        _compare(a, strategies, overrides, cfgs, first, out)
     except user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:  # Ctrl-C/SIGTERM: the run in progress saved a checkpoint and ended KILLED
+        print(f"\ninterrupted ({e or 'Ctrl-C'}); run the same command again: finished runs are reused",
+              file=sys.stderr)
+        return getattr(e, "exit_code", 130)
     return 0
 
 
@@ -185,6 +191,7 @@ def _compare(a, strategies, overrides, cfgs, first, out):
     from s2s.tracking import Run, ui_command
     results = []
     with Run(first.tracking, {"s2s.compare": " vs ".join(strategies), "s2s.preset": a.preset}) as parent:
+        out.mkdir(parents=True, exist_ok=True)  # once the tracking store answered: no empty report folders
         parent.log_params({"strategies": ",".join(strategies), "seeds": a.seeds, "preset": a.preset,
                            "overrides": " ".join(overrides)})
         for (n, s), cfg in cfgs.items():

@@ -51,7 +51,8 @@ from experiments.study import BUDGET, FINISHED, counts, fail_stale, open_storage
 from s2s.search_space import Param, apply_params, check_space, merge_specs, parse_space, space_to_dict
 
 # Config keys that do not change what a trial trains (left out of the study's identity).
-_NOT_IDENTITY = ("tracking.", "train.out_dir", "train.progress", "cache.")
+_NOT_IDENTITY = ("tracking.", "train.out_dir", "train.progress", "cache.", "resume", "train.keep_checkpoints",
+                 "train.max_bad_steps")
 
 
 class _SurplusTrial(Exception):
@@ -110,6 +111,9 @@ def resolve(args) -> Search:
     if args.heartbeat < 1:
         raise ConfigError(f"--heartbeat must be at least 1 second, got {args.heartbeat}")
     cfg = build_config(args.strategy, args.preset, args.overrides, args.config)
+    if cfg.resume:
+        raise ConfigError("resume= continues one run of experiments.run; a search resumes when you run the same "
+                          "command again (finished trials are kept, a dead worker's trial is retried): drop resume=")
     if cfg.strategy_name == "gatefusion_stage2" and not cfg.strategy.init_from:
         raise ConfigError("gatefusion_stage2 needs strategy.init_from=<an adapter_stage1 checkpoint directory>")
     default = getattr(strategy_class(args.strategy).Config, "SEARCH_SPACE", {})
@@ -309,12 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
     from optuna.exceptions import ExperimentalWarning
 
-    from s2s.tracking import TrackingError, tracking_uri, ui_command
+    from s2s.tracking import TrackingError, check_reachable, tracking_uri, ui_command
 
     warnings.filterwarnings("ignore", category=ExperimentalWarning)
     warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
     try:
         uri = tracking_uri(s.cfg.tracking)
+        check_reachable(uri, root=s.cfg.tracking.root)  # seconds, not MLflow's minutes of retries; before any file
         storage = open_storage(s, uri)
         study = open_study(s, storage)
         parent, created = parent_run(s)
