@@ -91,7 +91,7 @@ def flat_metrics(summary: dict) -> dict[str, float]:
     return {k: float(v) for k, v in out.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
-def _existing_run(meta: dict):
+def existing_run(meta: dict):
     """(client, run id) of the checkpoint's training run when its store and the run are still there."""
     from mlflow.tracking import MlflowClient
 
@@ -108,6 +108,15 @@ def _existing_run(meta: dict):
         return None
 
 
+def check_tracking(meta: dict, cfg) -> None:
+    """Fail before any generation when the results would have nowhere to go: no training run to
+    log to and the configured store does not answer (TrackingError naming the URI and the fix)."""
+    from s2s.tracking import check_reachable, tracking_uri
+
+    if existing_run(meta) is None:
+        check_reachable(tracking_uri(cfg.tracking), root=cfg.tracking.root)
+
+
 def log_to_mlflow(meta: dict, cfg, summary: dict, out_dir: Path) -> str | None:
     """Log eval/ metrics and the outputs to the checkpoint's run, else to a new run; returns its id.
 
@@ -118,7 +127,7 @@ def log_to_mlflow(meta: dict, cfg, summary: dict, out_dir: Path) -> str | None:
     metrics, step = flat_metrics(summary), int(meta.get("step") or 0)
     artifact_path = f"eval/{out_dir.name}"
     try:
-        found = _existing_run(meta)
+        found = existing_run(meta)
         if found:
             client, run_id = found
             from mlflow.entities import Metric

@@ -125,12 +125,13 @@ def score(checkpoint: str, overrides: list[str] = (), score_cfg: ScoreConfig | N
           progress: bool = True) -> dict:
     """Score `checkpoint`; returns the summary (also written to disk and MLflow) and the output dir."""
     from evaluation.asr import build_asr
-    from evaluation.report import log_to_mlflow, summarize, write_outputs
+    from evaluation.report import check_tracking, log_to_mlflow, summarize, write_outputs
     from s2s.metrics import evaluate
     from s2s.prepare import make_batch, prepare
 
     score_cfg = score_cfg or ScoreConfig()
     cfg, core, model, meta = load_for_scoring(checkpoint, list(overrides), score_cfg)
+    check_tracking(meta, cfg)
     examples, skips = eval_examples(cfg, score_cfg.n, progress)
     if not examples:
         raise ValueError(f"no usable eval utterances in {cfg.data.sources} (skipped: {skips.as_dict()}); "

@@ -29,7 +29,7 @@ class TrackingError(RuntimeError):
 
 
 def _unreachable(uri: str, why: str, root: str = "mlruns") -> TrackingError:
-    return TrackingError(f"cannot reach the MLflow tracking store '{uri}' ({why}). Nothing was trained. Start the "
+    return TrackingError(f"cannot reach the MLflow tracking store '{uri}' ({why}). Nothing was run. Start the "
                          f"server, fix the URI (tracking.uri=... or MLFLOW_TRACKING_URI), or unset it to use the "
                          f"local store under {root}/")
 

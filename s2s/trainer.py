@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from s2s.backbones import autocast
 from s2s.checkpoint import prune_checkpoints, save_checkpoint
 from s2s.metrics import evaluate, token_loss_sums
 from s2s.stop import Interrupted, StopSignals
@@ -140,9 +141,6 @@ class Trainer:
         return [self.collate([self.train_items[i] for i in idx]) for idx in mine]
 
     # --- one step ----------------------------------------------------------------------------
-    def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-
     def accumulate_gradients(self, micro_batches: list) -> dict[str, float]:
         """Backward over all micro-batches of one step, each token weighted 1 / (tokens of the step)."""
         n_tokens = torch.tensor(float(sum(self.model.count_targets(b) for b in micro_batches)), device=self.device)
@@ -150,7 +148,7 @@ class Trainer:
             dist.all_reduce(n_tokens)
         loss_sum = nll_sum = 0.0
         for batch in micro_batches:
-            with self._autocast():
+            with autocast(self.device):
                 out = self.model(batch)
             loss, nll = token_loss_sums(out, self.cfg.label_smoothing)
             (loss / n_tokens).backward()
@@ -196,7 +194,7 @@ class Trainer:
                 "train/skipped_steps": self.skipped}
 
     def evaluate(self) -> dict[str, float]:
-        with self._autocast():
+        with autocast(self.device):
             return evaluate(self.model, self.eval_items, self.collate, self.cfg.eval_batch_size)
 
     # --- checkpoints -------------------------------------------------------------------------

@@ -211,3 +211,16 @@ def test_override_typo_suggests_a_key_of_either_config(trained, capsys):
 def test_unknown_asr_backend_is_a_clear_error(trained, capsys):
     code, err = run_score([str(trained[0]), "--asr", "whisperx", "--n", "1", "generation.max_new_tokens=7"], capsys)
     assert code == 1 and "unknown ASR backend 'whisperx'" in err and "whisper" in err
+
+
+def test_an_unreachable_store_fails_before_any_generation(trained, tmp_path, capsys):
+    bad = _edit_meta(trained[0], tmp_path / "final", lambda m: m.update(mlflow_run_id="0" * 32))  # run not there
+    out = tmp_path / "report"
+    code, err = run_score([str(bad), "tracking.uri=http://127.0.0.1:9", "--out", str(out)], capsys)
+    assert code == 1 and "http://127.0.0.1:9" in err and "Traceback" not in err
+    assert not out.exists()  # nothing was generated
+
+
+def test_a_missing_data_source_is_named(trained, tmp_path, capsys):
+    code, err = run_score([str(trained[0]), "--data", str(tmp_path / "nowhere")], capsys)
+    assert code == 1 and str(tmp_path / "nowhere") in err and "Traceback" not in err
