@@ -71,7 +71,8 @@ def load_trained(checkpoint: str, overrides: list[str] = (), others: list = ()):
     apply_overrides_many([cfg, *others], list(overrides))
     validate(cfg)
     core = FrozenCore(cfg.backbones)
-    model = build_strategy(cfg, core)
+    from experiments.config import strategy_class
+    model = strategy_class(cfg.strategy_name).from_checkpoint(cfg.strategy, core, meta)
     try:
         model.load_trainable_state_dict(weights)
     except ValueError as e:
@@ -174,7 +175,8 @@ def train(cfg: ExperimentConfig, parent_run_id: str | None = None, progress: boo
             stack.enter_context(RunLock(cfg.train.out_dir))
             run.set_tags({"s2s.out_dir": str(Path(cfg.train.out_dir).resolve())})  # where resume=<run id> looks
         meta = lambda: {"strategy": cfg.strategy_name, "config": resolved, "backbones": core.ids(),  # noqa: E731
-                        "layout": core.layout.to_dict(), "mlflow_run_id": run.run_id, "tracking_uri": run.uri}
+                        "layout": core.layout.to_dict(), "mlflow_run_id": run.run_id, "tracking_uri": run.uri,
+                        **model.checkpoint_meta()}
         trainer = Trainer(cfg.train, model, train_items, eval_items, lambda items: make_batch(items, core),
                           log=run.log_metrics, meta=meta, on_eval=on_eval or (lambda step, metrics: None))
         if point is not None:

@@ -224,3 +224,25 @@ def test_an_unreachable_store_fails_before_any_generation(trained, tmp_path, cap
 def test_a_missing_data_source_is_named(trained, tmp_path, capsys):
     code, err = run_score([str(trained[0]), "--data", str(tmp_path / "nowhere")], capsys)
     assert code == 1 and str(tmp_path / "nowhere") in err and "Traceback" not in err
+
+
+def test_a_gatefusion_checkpoint_loads_without_its_stage1_checkpoint(trained, tmp_path, synth_dataset,
+                                                                    tiny_backbone_cfg, prepared_cache_dir):
+    """Its weights hold stage 1 and its meta stage 1's architecture: init_from may be gone."""
+    from safetensors.torch import load_file
+
+    from experiments.config import build_config
+    from experiments.run import load_trained, train
+
+    stage1 = tmp_path / "stage1"
+    shutil.copytree(trained[0], stage1)
+    cfg = build_config("gatefusion_stage2", "tiny", run_overrides(
+        synth_dataset, tiny_backbone_cfg, prepared_cache_dir, tmp_path / "mlruns", tmp_path / "out",
+        **{"train.max_steps": 1, "strategy.init_from": stage1}))
+    ckpt = train(cfg, progress=False)["checkpoint"]
+    shutil.rmtree(stage1)
+    _, _, model = load_trained(str(ckpt))
+    saved = load_file(str(ckpt / "model.safetensors"))
+    assert any(k.startswith("stage1.expansion.") for k in saved)
+    for name, tensor in model.trainable_state_dict().items():
+        assert torch.equal(tensor, saved[name]), name

@@ -51,6 +51,15 @@ class Strategy(nn.Module):
         """
         raise NotImplementedError
 
+    @classmethod
+    def from_checkpoint(cls, cfg, core: FrozenCore, meta: dict) -> "Strategy":
+        """The strategy to load a checkpoint's weights into; `meta` is its meta.json (see checkpoint_meta)."""
+        return cls(cfg, core)
+
+    def checkpoint_meta(self) -> dict:
+        """What this strategy adds to its checkpoints' meta.json (to be rebuilt by from_checkpoint)."""
+        return {}
+
     def decoder(self, batch: Batch, use_cache: bool = True):
         """A `s2s.strategies.decoder.Decoder` generating speech tokens for `batch` (see that module)."""
         raise NotImplementedError(f"strategy '{self.name}' does not implement generation (decoder)")

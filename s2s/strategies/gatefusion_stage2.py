@@ -15,6 +15,7 @@ the stage-1 weights too, so they are self-contained.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -40,6 +41,7 @@ class GateFusionStage2Config:
 
 
 def _stage1_from(path: str, core) -> AdapterStage1:
+    """The trained stage-1 model of checkpoint `path` (an adapter_stage1 run's)."""
     if not path:
         raise ValueError("gatefusion_stage2 needs a stage-1 checkpoint: pass strategy.init_from=<dir of an "
                          "adapter_stage1 run's checkpoint>, e.g. outputs/adapter_stage1/<run id>/final")
@@ -50,11 +52,7 @@ def _stage1_from(path: str, core) -> AdapterStage1:
     if meta.get("strategy") != AdapterStage1.name:
         raise ValueError(f"strategy.init_from={path} is a '{meta.get('strategy')}' checkpoint; gatefusion_stage2 "
                          f"starts from an '{AdapterStage1.name}' checkpoint")
-    cfg = AdapterStage1Config()
-    for k, v in (meta.get("config", {}).get("strategy") or {}).items():
-        if hasattr(cfg, k):
-            setattr(cfg, k, v)
-    stage1 = AdapterStage1(cfg, core)
+    stage1 = _stage1_model(meta.get("config", {}).get("strategy") or {}, core)
     try:
         stage1.load_trainable_state_dict(weights)
     except ValueError as e:
@@ -63,14 +61,26 @@ def _stage1_from(path: str, core) -> AdapterStage1:
     return stage1
 
 
+def _stage1_model(config: dict, core) -> AdapterStage1:
+    """An untrained AdapterStage1 of the architecture `config` (a saved AdapterStage1Config) describes."""
+    cfg = AdapterStage1Config()
+    for k, v in config.items():
+        if hasattr(cfg, k):
+            setattr(cfg, k, v)
+    return AdapterStage1(cfg, core)
+
+
 class GateFusionStage2(Strategy):
     name = "gatefusion_stage2"
     summary = "stage 2: learned gate g*h + (1-g)*e over a stage-1 checkpoint's expansion output (init_from=...)"
     Config = GateFusionStage2Config
 
-    def __init__(self, cfg: GateFusionStage2Config, core):
+    def __init__(self, cfg: GateFusionStage2Config, core, stage1_config: dict | None = None):
         super().__init__(cfg, core)
-        self.stage1 = _stage1_from(cfg.init_from, core)
+        # From a checkpoint of this strategy, stage 1's architecture is in its meta and its weights
+        # in its own model.safetensors: init_from need not exist any more.
+        self.stage1 = _stage1_model(stage1_config, core) if stage1_config is not None else \
+            _stage1_from(cfg.init_from, core)
         self.stage1.requires_grad_(cfg.train_stage1)
         d = core.llm_dim
         self.gate = nn.Linear(2 * d, d)
@@ -78,6 +88,13 @@ class GateFusionStage2(Strategy):
         nn.init.zeros_(self.gate.bias)
         self.scale = nn.Parameter(torch.zeros(d))
         self.to(core.device)
+
+    @classmethod
+    def from_checkpoint(cls, cfg: GateFusionStage2Config, core, meta: dict) -> "GateFusionStage2":
+        return cls(cfg, core, stage1_config=meta.get("stage1_config"))
+
+    def checkpoint_meta(self) -> dict:
+        return {"stage1_config": dataclasses.asdict(self.stage1.cfg)}
 
     def saved_names(self) -> set[str]:
         return {n for n, _ in self.named_parameters()}  # stage 1 included, trained or not
