@@ -162,9 +162,11 @@ def score(checkpoint: str, overrides: list[str] = (), score_cfg: ScoreConfig | N
                      tqdm(examples, desc="snac round trip", unit="utt", disable=not progress)]
         hyps["snac_roundtrip"] = transcribe_all(roundtrip, "asr round trip")
 
+    ckpt_dir = Path(checkpoint).resolve()
+    ckpt_dir = ckpt_dir.parent if ckpt_dir.is_file() else ckpt_dir  # its model.safetensors or meta.json was named
     summary, rows = summarize(examples, generated, hyps, score_cfg.normalizer, sr)
     summary.update({
-        "checkpoint": str(Path(checkpoint).resolve()), "strategy": cfg.strategy_name, "preset": cfg.preset,
+        "checkpoint": str(ckpt_dir), "strategy": cfg.strategy_name, "preset": cfg.preset,
         "step": meta.get("step"), "asr": {"backend": score_cfg.asr.backend, "model": asr_model, "tiny": tiny_asr},
         "generation": {k: getattr(score_cfg.generation, k) for k in score_cfg.generation.__dataclass_fields__},
         "teacher_forced": teacher, "skipped_samples": skips.as_dict(),
@@ -172,7 +174,7 @@ def score(checkpoint: str, overrides: list[str] = (), score_cfg: ScoreConfig | N
         "real_time_factor": gen_seconds / max(1e-9, summary["generated_audio_seconds"]),
     })
     out_dir = Path(score_cfg.out or Path("outputs") / "score" /
-                   f"{Path(checkpoint).resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}")
+                   f"{ckpt_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     write_outputs(out_dir, summary, rows, examples, generated, sr)
     summary["mlflow_run_id"] = log_to_mlflow(meta, cfg, summary, out_dir)
     return {"summary": summary, "out_dir": out_dir, "rows": rows}

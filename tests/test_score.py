@@ -51,7 +51,7 @@ def scored(trained, tmp_path_factory, capsys_module):
     marker = copy.parent / "executed"
     (copy / "trainer_state.pt").write_bytes(pickle.dumps(Payload(marker)))
     out = tmp_path_factory.mktemp("scored") / "report"
-    code = score_main([str(copy), *SCORE_ARGS, "--out", str(out)])
+    code = score_main([str(copy / "model.safetensors"), *SCORE_ARGS, "--out", str(out)])  # the file works too
     return code, out, marker, capsys_module.readouterr()
 
 
@@ -80,6 +80,7 @@ def test_score_writes_summary_rows_wavs_and_report(scored):
     assert code == 0, captured.err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 3 and summary["strategy"] == "adapter_stage1" and summary["step"] == 2
+    assert summary["checkpoint"].endswith("final")
     assert set(summary["asr_scores"]) == {"generated", "reference", "snac_roundtrip"}
     for scores in summary["asr_scores"].values():
         assert {"wer_corpus", "wer_mean", "cer_corpus", "cer_mean"} <= set(scores)
