@@ -91,59 +91,33 @@ def flat_metrics(summary: dict) -> dict[str, float]:
     return {k: float(v) for k, v in out.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
-def existing_run(meta: dict):
-    """(client, run id) of the checkpoint's training run when its store and the run are still there."""
-    from mlflow.tracking import MlflowClient
+def scoring_run(meta: dict, cfg, checkpoint: Path):
+    """The MLflow run the results go to, opened before any work (so an unreachable store fails
+    first): the checkpoint's training run when its store still holds it (a `Run` opened by id is
+    only looked at, its status never changes), else a new run (ends FAILED if scoring fails)."""
+    from s2s.tracking import Run, TrackingConfig, TrackingError
 
     run_id, uri = meta.get("mlflow_run_id"), meta.get("tracking_uri")
-    if not run_id or not uri:
-        return None
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        return None  # MLflow would silently create an empty store there
-    try:
-        client = MlflowClient(uri)
-        client.get_run(run_id)
-        return client, run_id
-    except Exception:  # another machine's store, a deleted run: log to a new run instead
-        return None
+    stale_sqlite = bool(uri) and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file()
+    if run_id and uri and not stale_sqlite:  # (MLflow would silently create an empty store at a stale path)
+        experiment = (meta.get("config", {}).get("tracking") or {}).get("experiment") or cfg.tracking.experiment
+        try:
+            return Run(TrackingConfig(uri=uri, experiment=experiment), run_id=run_id)
+        except TrackingError:  # another machine's store, a deleted run: a new run instead
+            pass
+    return Run(cfg.tracking, {"s2s.strategy": cfg.strategy_name, "s2s.scored_checkpoint": str(checkpoint)})
 
 
-def check_tracking(meta: dict, cfg) -> None:
-    """Fail before any generation when the results would have nowhere to go: no training run to
-    log to and the configured store does not answer (TrackingError naming the URI and the fix)."""
-    from s2s.tracking import check_reachable, tracking_uri
+def log_results(run, summary: dict, out_dir: Path, step: int) -> None:
+    """eval/ metrics at the checkpoint's step and the output files as artifacts under eval/<out dir name>.
 
-    if existing_run(meta) is None:
-        check_reachable(tracking_uri(cfg.tracking), root=cfg.tracking.root)
-
-
-def log_to_mlflow(meta: dict, cfg, summary: dict, out_dir: Path) -> str | None:
-    """Log eval/ metrics and the outputs to the checkpoint's run, else to a new run; returns its id.
-
-    The outputs are already on disk, so a tracking failure is a warning, not a lost evaluation.
+    The outputs are already on disk, so a tracking failure here is a warning, not a lost evaluation.
     """
-    from s2s.tracking import Run, TrackingError
-
-    metrics, step = flat_metrics(summary), int(meta.get("step") or 0)
-    artifact_path = f"eval/{out_dir.name}"
     try:
-        found = existing_run(meta)
-        if found:
-            client, run_id = found
-            from mlflow.entities import Metric
-            import time
-            now = int(time.time() * 1000)
-            client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
-            client.log_artifacts(run_id, str(out_dir), artifact_path)
-            return run_id
-        tags = {"s2s.strategy": summary["strategy"], "s2s.scored_checkpoint": summary["checkpoint"]}
-        with Run(cfg.tracking, tags) as run:
-            run.log_metrics(metrics, step)
-            run.log_artifact(out_dir, artifact_path)
-            return run.run_id
-    except (TrackingError, OSError) as e:
-        warnings.warn(f"MLflow logging failed ({e}); the results are in {out_dir}", stacklevel=2)
-        return None
+        run.log_metrics(flat_metrics(summary), step)
+        run.log_artifact(out_dir, f"eval/{out_dir.name}")
+    except Exception as e:  # noqa: BLE001 - whatever the store raises, the files are safe
+        warnings.warn(f"MLflow logging failed ({type(e).__name__}: {e}); the results are in {out_dir}", stacklevel=2)
 
 
 def format_report(summary: dict, out_dir: Path) -> str:

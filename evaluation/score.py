@@ -18,6 +18,7 @@ utterances.csv, the wavs, logged to the checkpoint's MLflow run (`eval/...`) whe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass, field
@@ -54,11 +55,9 @@ class ScoreConfig:
 def load_for_scoring(checkpoint: str, overrides: list[str], score_cfg: ScoreConfig):
     """(experiment config, core, strategy, checkpoint meta); each override goes to the config that has its key."""
     from experiments.run import load_trained
-    from s2s.checkpoint import load_checkpoint
     from s2s.config import validate
 
-    _, meta = load_checkpoint(checkpoint)  # fails fast on a damaged or foreign checkpoint
-    cfg, core, model = load_trained(checkpoint, overrides, others=[score_cfg])
+    cfg, core, model, meta = load_trained(checkpoint, overrides, others=[score_cfg])
     validate(score_cfg)
     if not any(o.startswith("tracking.") for o in overrides):
         from s2s.tracking import TrackingConfig  # the training machine's store settings are not this one's
@@ -121,62 +120,68 @@ def asr_model_for(cfg, score_cfg: ScoreConfig) -> tuple[str | None, bool]:
     return FULL_ASR_MODEL, False
 
 
+def transcripts(asr, examples: list, items: list, generated: list[dict], core, score_cfg: ScoreConfig,
+                progress: bool) -> dict[str, list[str]]:
+    """ASR of the generated speech and, with toplines, of the reference and its SNAC round trip."""
+    from s2s.generate import tokens_to_audio
+
+    langs, sr, bs = [e.language for e in examples], core.snac.sampling_rate, score_cfg.asr.batch_size
+    run = lambda waves, desc: transcribe(asr, waves, sr, langs, desc, progress, bs)  # noqa: E731
+    hyps = {"generated": run([g["wave"] for g in generated], "asr generated")}
+    if score_cfg.toplines:
+        hyps["reference"] = run([e.target24k for e in examples], "asr reference")
+        # The prepared targets are SNAC's codes of the reference: decoding them is the round trip.
+        roundtrip = [tokens_to_audio(core, it.speech_tokens)[0] for it in
+                     tqdm(items, desc="snac round trip", unit="utt", disable=not progress)]
+        hyps["snac_roundtrip"] = run(roundtrip, "asr round trip")
+    return hyps
+
+
 def score(checkpoint: str, overrides: list[str] = (), score_cfg: ScoreConfig | None = None,
           progress: bool = True) -> dict:
     """Score `checkpoint`; returns the summary (also written to disk and MLflow) and the output dir."""
     from evaluation.asr import build_asr
-    from evaluation.report import check_tracking, log_to_mlflow, summarize, write_outputs
+    from evaluation.report import log_results, scoring_run, summarize, write_outputs
     from s2s.metrics import evaluate
     from s2s.prepare import make_batch, prepare
 
     score_cfg = score_cfg or ScoreConfig()
     cfg, core, model, meta = load_for_scoring(checkpoint, list(overrides), score_cfg)
-    check_tracking(meta, cfg)
-    examples, skips = eval_examples(cfg, score_cfg.n, progress)
-    if not examples:
-        raise ValueError(f"no usable eval utterances in {cfg.data.sources} (skipped: {skips.as_dict()}); "
-                         f"point data.sources (or --data) at a dataset with an eval split")
-    items = prepare(examples, core, cfg.cache, progress, "prepare eval")
-    collate = lambda chunk: make_batch(chunk, core)  # noqa: E731
-    model.eval()
-    teacher = {}
-    if score_cfg.teacher_forced:
-        with autocast(core.device):
-            teacher = evaluate(model, items, collate, cfg.train.eval_batch_size, prefix="eval/tf")
-
-    t0 = time.perf_counter()
-    generated = generate_all(model, items, collate, score_cfg.generation, progress)
-    gen_seconds = time.perf_counter() - t0
-
-    asr_model, tiny_asr = asr_model_for(cfg, score_cfg)
-    asr = build_asr(score_cfg.asr.backend, model=asr_model, device=score_cfg.asr.device,
-                    batch_size=score_cfg.asr.batch_size)
-    langs = [e.language for e in examples]
-    sr = core.snac.sampling_rate
-    transcribe_all = lambda waves, desc: transcribe(asr, waves, sr, langs, desc, progress,  # noqa: E731
-                                                    score_cfg.asr.batch_size)
-    hyps = {"generated": transcribe_all([g["wave"] for g in generated], "asr generated")}
-    if score_cfg.toplines:
-        hyps["reference"] = transcribe_all([e.target24k for e in examples], "asr reference")
-        roundtrip = [core.decode_codes(core.encode_codes(e.target24k)) for e in
-                     tqdm(examples, desc="snac round trip", unit="utt", disable=not progress)]
-        hyps["snac_roundtrip"] = transcribe_all(roundtrip, "asr round trip")
-
     ckpt_dir = Path(checkpoint).resolve()
     ckpt_dir = ckpt_dir.parent if ckpt_dir.is_file() else ckpt_dir  # its model.safetensors or meta.json was named
-    summary, rows = summarize(examples, generated, hyps, score_cfg.normalizer, sr)
-    summary.update({
-        "checkpoint": str(ckpt_dir), "strategy": cfg.strategy_name, "preset": cfg.preset,
-        "step": meta.get("step"), "asr": {"backend": score_cfg.asr.backend, "model": asr_model, "tiny": tiny_asr},
-        "generation": {k: getattr(score_cfg.generation, k) for k in score_cfg.generation.__dataclass_fields__},
-        "teacher_forced": teacher, "skipped_samples": skips.as_dict(),
-        "generation_seconds": gen_seconds,
-        "real_time_factor": gen_seconds / max(1e-9, summary["generated_audio_seconds"]),
-    })
-    out_dir = Path(score_cfg.out or Path("outputs") / "score" /
-                   f"{ckpt_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    write_outputs(out_dir, summary, rows, examples, generated, sr)
-    summary["mlflow_run_id"] = log_to_mlflow(meta, cfg, summary, out_dir)
+    with scoring_run(meta, cfg, ckpt_dir) as run:
+        examples, skips = eval_examples(cfg, score_cfg.n, progress)
+        if not examples:
+            raise ValueError(f"no usable eval utterances in {cfg.data.sources} (skipped: {skips.as_dict()}); "
+                             f"point data.sources (or --data) at a dataset with an eval split")
+        items = prepare(examples, core, cfg.cache, progress, "prepare eval")
+        collate = lambda chunk: make_batch(chunk, core)  # noqa: E731
+        model.eval()
+        teacher = {}
+        if score_cfg.teacher_forced:
+            with autocast(core.device):
+                teacher = evaluate(model, items, collate, cfg.train.eval_batch_size, prefix="eval/tf")
+        t0 = time.perf_counter()
+        generated = generate_all(model, items, collate, score_cfg.generation, progress)
+        gen_seconds = time.perf_counter() - t0
+
+        asr_model, tiny_asr = asr_model_for(cfg, score_cfg)
+        asr = build_asr(score_cfg.asr.backend, model=asr_model, device=score_cfg.asr.device,
+                        batch_size=score_cfg.asr.batch_size)
+        hyps = transcripts(asr, examples, items, generated, core, score_cfg, progress)
+        summary, rows = summarize(examples, generated, hyps, score_cfg.normalizer, core.snac.sampling_rate)
+        summary.update({
+            "checkpoint": str(ckpt_dir), "strategy": cfg.strategy_name, "preset": cfg.preset, "step": meta.get("step"),
+            "asr": {"backend": score_cfg.asr.backend, "model": asr_model, "tiny": tiny_asr},
+            "generation": dataclasses.asdict(score_cfg.generation), "teacher_forced": teacher,
+            "skipped_samples": skips.as_dict(), "generation_seconds": gen_seconds,
+            "real_time_factor": gen_seconds / max(1e-9, summary["generated_audio_seconds"]),
+            "mlflow_run_id": run.run_id,
+        })
+        out_dir = Path(score_cfg.out or Path("outputs") / "score" /
+                       f"{ckpt_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        write_outputs(out_dir, summary, rows, examples, generated, core.snac.sampling_rate)
+        log_results(run, summary, out_dir, int(meta.get("step") or 0))
     return {"summary": summary, "out_dir": out_dir, "rows": rows}
 
 

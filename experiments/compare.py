@@ -71,7 +71,7 @@ def run_one(cfg, parent, reuse: bool, progress: bool) -> dict:
     if found is not None:
         print(f"reusing finished run {found.info.run_id} ({cfg.strategy_name}, seed {cfg.train.seed})")
         ckpt = found.data.tags["s2s.checkpoint"]
-        _, core, model = load_trained(ckpt)
+        _, core, model, _ = load_trained(ckpt)
         _, eval_items, _ = prepared_data(cfg, core, progress=False)
         collate = lambda items: make_batch(items, core)  # noqa: E731
         run_id, n_trainable = found.info.run_id, model.n_trainable()

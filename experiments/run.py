@@ -51,7 +51,8 @@ def build_strategy(cfg: ExperimentConfig, core):
 
 
 def load_trained(checkpoint: str, overrides: list[str] = (), others: list = ()):
-    """Rebuild (config, core, strategy) from a checkpoint directory; `overrides` as on the command line.
+    """Rebuild (config, core, strategy, checkpoint meta) from a checkpoint directory; `overrides` as on
+    the command line.
 
     `others`: further configs (dataclasses) that take the overrides whose first section they own.
     """
@@ -77,7 +78,7 @@ def load_trained(checkpoint: str, overrides: list[str] = (), others: list = ()):
         model.load_trainable_state_dict(weights)
     except ValueError as e:
         raise CheckpointError(f"{checkpoint}: {e}") from None
-    return cfg, core, model
+    return cfg, core, model, meta
 
 
 def config_hash(cfg: ExperimentConfig) -> str:

@@ -61,18 +61,28 @@ def _processors(cfg: GenerationConfig) -> list:
     return procs
 
 
-def next_tokens(logits: torch.Tensor, history: torch.Tensor, cfg: GenerationConfig, allowed: torch.Tensor | None,
-                generator: torch.Generator) -> torch.Tensor:
+def next_tokens(logits: torch.Tensor, history: torch.Tensor, processors: list, greedy: bool,
+                allowed: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
     """Pick the next id per sample: logits [B, V], history [B, t] ids so far, allowed [V] bool -> [B]."""
     scores = logits.float()
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
-    for proc in _processors(cfg):
+    for proc in processors:
         scores = proc(history, scores)
-    if cfg.temperature == 0:
+    if greedy:
         return scores.argmax(-1)
     probs = torch.softmax(scores, -1)
     return torch.multinomial(probs.cpu(), 1, generator=generator).view(-1).to(logits.device)
+
+
+def step_masks(layout, vocab: int, cfg: GenerationConfig, device) -> tuple[list, list]:
+    """Allowed ids per frame position: (before min_new_tokens: end_of_speech masked, after), each
+    a list of FRAME bool [V] masks or Nones (nothing masked). Built once per generation."""
+    late = [allowed_ids(layout, k, vocab, device) for k in range(FRAME)] if cfg.constrain else [None] * FRAME
+    no_end = torch.ones(vocab, dtype=torch.bool, device=device)
+    no_end[layout.end_of_speech] = False
+    early = [no_end if m is None else m & no_end for m in late]
+    return early, late
 
 
 @torch.no_grad()
@@ -92,13 +102,11 @@ def generate(model, batch, cfg: GenerationConfig = GenerationConfig()) -> Genera
     stopped = torch.zeros(b, dtype=torch.bool, device=device)
     lengths = torch.zeros(b, dtype=torch.long, device=device)
     steps = 0
+    early, late = step_masks(layout, logits.shape[-1], cfg, device)
+    processors = _processors(cfg)
     for t in range(cfg.max_new_tokens):
-        allowed = allowed_ids(layout, t % FRAME, logits.shape[-1], device) if cfg.constrain else None
-        if t < cfg.min_new_tokens:
-            allowed = allowed.clone() if allowed is not None else torch.ones(logits.shape[-1], dtype=torch.bool,
-                                                                              device=device)
-            allowed[layout.end_of_speech] = False
-        tokens = next_tokens(logits, history, cfg, allowed, generator)
+        allowed = (early if t < cfg.min_new_tokens else late)[t % FRAME]
+        tokens = next_tokens(logits, history, processors, cfg.temperature == 0, allowed, generator)
         tokens = torch.where(done, torch.full_like(tokens, layout.end_of_speech), tokens)
         ended = tokens == layout.end_of_speech
         stopped |= ended & ~done

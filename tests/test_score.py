@@ -242,8 +242,34 @@ def test_a_gatefusion_checkpoint_loads_without_its_stage1_checkpoint(trained, tm
         **{"train.max_steps": 1, "strategy.init_from": stage1}))
     ckpt = train(cfg, progress=False)["checkpoint"]
     shutil.rmtree(stage1)
-    _, _, model = load_trained(str(ckpt))
+    _, _, model, _ = load_trained(str(ckpt))
     saved = load_file(str(ckpt / "model.safetensors"))
     assert any(k.startswith("stage1.expansion.") for k in saved)
     for name, tensor in model.trainable_state_dict().items():
         assert torch.equal(tensor, saved[name]), name
+
+
+def test_toplines_transcribe_the_reference_and_its_snac_round_trip(synth_examples, prepared_items, tiny_core):
+    """With an ASR that 'transcribes' a wave as its length and language, each system gets its own audio:
+    the generated wave, the reference, and the reference's SNAC codes decoded (whole 2048-sample frames)."""
+    from evaluation.score import ScoreConfig, transcripts
+    from s2s.tokens import codes_to_tokens
+
+    class LengthASR:
+        def transcribe(self, waves, sample_rate, languages):
+            assert sample_rate == 24000
+            return [f"{len(w)} {lang}" for w, lang in zip(waves, languages)]
+
+    examples, items = synth_examples[1][:2], prepared_items[8:10]
+    generated = [{"wave": torch.zeros(2048 * 3)}, {"wave": torch.zeros(0)}]  # an empty wave is not transcribed
+    hyps = transcripts(LengthASR(), examples, items, generated, tiny_core, ScoreConfig(), progress=False)
+    assert hyps["generated"] == [f"6144 {examples[0].language}", ""]
+    assert hyps["reference"] == [f"{len(e.target24k)} {e.language}" for e in examples]
+    frames = [len(it.speech_tokens) // 7 for it in items]
+    assert hyps["snac_roundtrip"] == [f"{2048 * n} {e.language}" for n, e in zip(frames, examples)]
+    # the prepared targets are SNAC's codes of the reference: decoding them is the encode/decode round trip
+    # (SNAC's decoder adds noise, so the codes are compared, not the waves)
+    assert torch.equal(items[0].speech_tokens, codes_to_tokens(tiny_core.encode_codes(examples[0].target24k),
+                                                               tiny_core.layout))
+    assert ScoreConfig(toplines=False) and set(transcripts(LengthASR(), examples, items, generated, tiny_core,
+                                                           ScoreConfig(toplines=False), False)) == {"generated"}

@@ -43,7 +43,7 @@ class Decoder:
 
     def __init__(self, core, use_cache: bool = True):
         self.core, self.use_cache = core, use_cache
-        self.features: Features = {}  # every position so far, [B, L, ...]
+        self.features: Features = {}  # without a cache: every position so far, [B, L, ...]
         self.mask: torch.Tensor | None = None  # [B, L] bool, True = a real position
         self.llm_cache = None
         if use_cache:
@@ -75,17 +75,15 @@ class Decoder:
     @torch.no_grad()
     def _append(self, blocks: list[Features]) -> torch.Tensor:
         new, new_mask = _left_pad(blocks)
-        start = 0 if self.mask is None else self.mask.shape[1]
-        if self.mask is None:
-            self.features, self.mask = new, new_mask
-        else:
-            self.features = {k: torch.cat([self.features[k], new[k]], 1) for k in self.features}
-            self.mask = torch.cat([self.mask, new_mask], 1)
-        positions = (self.mask.long().cumsum(1) - 1).clamp(min=0)
-        if self.use_cache:
-            run, first = new, start
-        else:
+        first = 0 if self.mask is None else self.mask.shape[1]
+        self.mask = new_mask if self.mask is None else torch.cat([self.mask, new_mask], 1)
+        if self.use_cache:  # the caches hold the past: only the new positions run
+            run = new
+        else:  # the reference recomputes everything, so it keeps every position's features
+            self.features = new if not self.features else {k: torch.cat([self.features[k], new[k]], 1)
+                                                           for k in self.features}
             run, first = self.features, 0
-        embeds = self.llm_inputs(run, positions[:, first:])
-        hidden = self.core.hidden_states(embeds, self.mask.long(), positions[:, first:], self.llm_cache)
+        positions = (self.mask.long().cumsum(1) - 1).clamp(min=0)[:, first:]
+        embeds = self.llm_inputs(run, positions)
+        hidden = self.core.hidden_states(embeds, self.mask.long(), positions, self.llm_cache)
         return self.core.logits(hidden[:, -1])
