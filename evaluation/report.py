@@ -100,9 +100,8 @@ def scoring_run(meta: dict, cfg, checkpoint: Path):
     run_id, uri = meta.get("mlflow_run_id"), meta.get("tracking_uri")
     stale_sqlite = bool(uri) and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file()
     if run_id and uri and not stale_sqlite:  # (MLflow would silently create an empty store at a stale path)
-        experiment = (meta.get("config", {}).get("tracking") or {}).get("experiment") or cfg.tracking.experiment
         try:
-            return Run(TrackingConfig(uri=uri, experiment=experiment), run_id=run_id)
+            return Run(TrackingConfig(uri=uri), run_id=run_id)
         except TrackingError:  # another machine's store, a deleted run: a new run instead
             pass
     return Run(cfg.tracking, {"s2s.strategy": cfg.strategy_name, "s2s.scored_checkpoint": str(checkpoint)})

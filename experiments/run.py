@@ -82,15 +82,14 @@ def load_trained(checkpoint: str, overrides: list[str] = (), others: list = ()):
 
 
 def config_hash(cfg: ExperimentConfig) -> str:
-    """Identity of what a run trains on and how (not where it logs or writes, nor how it is resumed)."""
+    """Identity of what a run trains on and how: the config less s2s.resume.FREE_KEYS (where it logs or
+    writes, how it is resumed), plus the backbones' fingerprints."""
     import hashlib
     import json
-    d = as_dict(cfg)
-    d.pop("tracking", None)
-    d.pop("resume", None)  # a resumed run is the same run
-    d["train"] = {k: v for k, v in d["train"].items()  # keys added later leave older runs' hashes as they were
-                  if k not in ("out_dir", "progress", "keep_checkpoints", "max_bad_steps")}
-    from s2s.backbones import fingerprint  # a rebuilt local backbone is another backbone
+
+    from s2s.backbones import fingerprint
+    from s2s.resume import result_keys
+    d = result_keys(flatten(as_dict(cfg)))
     d["backbone_fingerprints"] = [fingerprint(getattr(cfg.backbones, k)) for k in ("whisper", "orpheus", "snac")]
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -135,7 +134,7 @@ def train(cfg: ExperimentConfig, parent_run_id: str | None = None, progress: boo
     import torch
 
     from s2s.backbones import FrozenCore
-    from s2s.checkpoint import STATE_FILE, CheckpointError
+    from s2s.checkpoint import STATE_FILE, CheckpointError, set_aside_after
     from s2s.prepare import make_batch
     from s2s.resume import RunLock
     from s2s.stop import StopSignals
@@ -186,6 +185,8 @@ def train(cfg: ExperimentConfig, parent_run_id: str | None = None, progress: boo
             except ValueError as e:
                 raise CheckpointError(f"resume: {point.path / STATE_FILE}: {e}") from None
             # Only now, with everything loaded, does the run change: RUNNING again, same id, same out_dir.
+            for d in set_aside_after(point.out_dir, point.step):
+                print(f"set aside {d}: a checkpoint past step {point.step} belongs to the abandoned continuation")
             run.reopen({"s2s.resumed_from": str(point.path.resolve()), "s2s.resumed_at_step": str(point.step)})
             print(f"resuming MLflow run {run.run_id} at step {point.step} from {point.path}")
         result = trainer.fit()

@@ -50,11 +50,6 @@ from experiments.search_report import METRIC, summarize
 from experiments.study import BUDGET, FINISHED, counts, fail_stale, open_storage, open_study
 from s2s.search_space import Param, apply_params, check_space, merge_specs, parse_space, space_to_dict
 
-# Config keys that do not change what a trial trains (left out of the study's identity).
-_NOT_IDENTITY = ("tracking.", "train.out_dir", "train.progress", "cache.", "resume", "train.keep_checkpoints",
-                 "train.max_bad_steps")
-
-
 class _SurplusTrial(Exception):
     """A trial created while the requested number was already taken by other workers (never trained)."""
 
@@ -83,8 +78,8 @@ class Search:
 
 def fixed_config(cfg: ExperimentConfig, space: dict[str, Param]) -> dict[str, Any]:
     """The flattened config keys that define what every trial trains, minus the searched ones."""
-    flat = flatten(as_dict(cfg))
-    return {k: v for k, v in flat.items() if k not in space and not k.startswith(_NOT_IDENTITY)}
+    from s2s.resume import result_keys  # the keys that decide what a run trains
+    return {k: v for k, v in result_keys(flatten(as_dict(cfg))).items() if k not in space}
 
 
 def default_study_name(cfg: ExperimentConfig, space: dict[str, Param]) -> str:

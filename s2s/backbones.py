@@ -10,6 +10,7 @@ Frozen means: `requires_grad=False`, eval mode, never handed to an optimizer, bf
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -210,11 +211,12 @@ class FrozenCore:
         `cache` (a transformers `DynamicCache`, extended in place), `attention_mask` [B, past + L]
         over every position so far and `position_ids` [B, L] (padding may sit anywhere).
         """
-        kwargs = {"use_cache": False} if cache is None else {self._cache_keyword(): cache, "use_cache": True}
+        kwargs = {"use_cache": False} if cache is None else {self._cache_keyword: cache, "use_cache": True}
         out = self.llm.model(inputs_embeds=inputs_embeds.to(self.dtype), attention_mask=attention_mask,
                              position_ids=position_ids, **kwargs)
         return out.last_hidden_state
 
+    @functools.cached_property
     def _cache_keyword(self) -> str:
         # transformers renamed `past_key_values` to `cache` (5.24 warns on the old name; 5.17 lacks the new one)
         import inspect

@@ -74,6 +74,7 @@ def save_checkpoint(directory: str | Path, weights: dict[str, torch.Tensor], met
         if trainer_state is not None:
             _atomic(tmp / STATE_FILE, lambda p: torch.save(trainer_state, p))
         _atomic(tmp / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=2, default=str)))
+        _fsync(tmp)  # its entries are on disk before it takes the checkpoint's name
         _swap_in(tmp, d)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # only left when writing failed
@@ -143,6 +144,20 @@ def checkpoints_in(out_dir: str | Path) -> list[Path]:
         return []
     steps = sorted((d for d in out.iterdir() if d.is_dir() and step_of(d) is not None), key=step_of, reverse=True)
     return ([out / FINAL] if (out / FINAL).is_dir() else []) + steps
+
+
+def set_aside_after(out_dir: str | Path, step: int) -> list[Path]:
+    """Rename the step-* checkpoints past `step` to `abandoned-step-*` (returned): a run resumed from
+    an older checkpoint continues another timeline, whose checkpoints must neither be resumed from
+    nor outrank (and so get) the new ones pruned."""
+    moved = []
+    for d in checkpoints_in(out_dir):
+        if d.name != FINAL and step_of(d) > step:
+            target = d.with_name(f"abandoned-{d.name}")
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(d, target)
+            moved.append(target)
+    return moved
 
 
 def prune_checkpoints(out_dir: str | Path, keep: int) -> list[Path]:

@@ -94,7 +94,8 @@ def prepare(examples: list[Example], core: FrozenCore, cfg: CacheConfig, progres
             desc: str = "prepare", encoder_batch: int = 16) -> list[PreparedExample]:
     """Compute (or read from cache) target audio ids and, if configured, encoder states."""
     root = Path(cfg.dir)
-    codes_dir = root / "snac" / fingerprint(core.cfg.snac)
+    # Stored as Orpheus ids, which depend on the LLM's layout as well as on SNAC's codes.
+    codes_dir = root / "snac" / fingerprint(core.cfg.snac) / f"audio-offset-{core.layout.audio_offset}"
     states_dir = root / "whisper" / fingerprint(core.cfg.whisper)
     out = []
     bar = tqdm(total=len(examples), desc=desc, disable=not progress, unit="utt")

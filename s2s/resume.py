@@ -28,11 +28,18 @@ from s2s.checkpoint import (FINAL, META_FILE, MODEL_FILE, STATE_FILE, Checkpoint
                             load_checkpoint, load_trainer_state)
 from s2s.config import flatten
 
-# Config keys that do not change the trained weights: they may differ between a run and its resume.
+# Config keys (prefixes) that do not change the trained weights. The one list: they may differ
+# between a run and its resume, and are left out of a run's identity (experiments.run.config_hash,
+# which compare uses to reuse finished runs) and of a search study's (experiments.search).
 # (cache.cache_speech_states is not among them: states computed per batch are not rounded to float16.)
 FREE_KEYS = ("resume", "tracking.", "train.out_dir", "train.progress", "train.checkpoint_every",
              "train.keep_checkpoints", "train.max_bad_steps", "cache.dir", "cache.enabled", "synth_if_missing",
              "synth_dir")
+
+
+def result_keys(flat: dict) -> dict:
+    """A flattened config without its FREE_KEYS: what decides the trained weights."""
+    return {k: v for k, v in flat.items() if not k.startswith(FREE_KEYS)}
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 _STATE_KEYS = ("train_state", "optimizer", "scheduler", "torch_rng")
 
@@ -167,9 +174,8 @@ def check_resumable(point: ResumePoint, current: dict) -> None:
         raise ResumeError(f"resume: {point.path} is a checkpoint of strategy '{saved.get('strategy_name')}', not "
                           f"'{current.get('strategy_name')}'; run `python -m experiments.run "
                           f"{saved.get('strategy_name')} ... resume=...` or pick a checkpoint of this strategy")
-    a, b = flatten(_plain(saved)), flatten(_plain(current))
-    diffs = [k for k in sorted(set(a) | set(b))
-             if not k.startswith(FREE_KEYS) and a.get(k, "<absent>") != b.get(k, "<absent>")]
+    a, b = result_keys(flatten(_plain(saved))), result_keys(flatten(_plain(current)))
+    diffs = [k for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
     if diffs:
         shown = "; ".join(f"{k}: checkpoint {a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r}" for k in diffs[:8])
         raise ResumeError(f"resume: {point.path} was trained with another config ({shown}). A resumed run continues "

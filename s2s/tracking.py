@@ -103,28 +103,27 @@ class Run:
         check_reachable(self.uri, root=cfg.root)
         try:
             self.client = MlflowClient(self.uri)  # a store whose driver is missing fails here already
-            exp = self.client.get_experiment_by_name(cfg.experiment)
+            # An existing run is only looked up: its experiment is not created or touched.
+            exp = None if run_id else self.client.get_experiment_by_name(cfg.experiment)
         except Exception as e:  # an unreachable server or unusable database, before any training
             raise _unreachable(self.uri, f"{type(e).__name__}: {str(e)[:200]}", cfg.root) from None
-        if exp is None:
-            artifacts = _artifact_root(self.uri)
-            exp_id = self.client.create_experiment(cfg.experiment, artifact_location=artifacts)
-        else:
-            exp_id = exp.experiment_id
-        all_tags = dict(tags or {})
-        if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
         if run_id:
             try:
                 self.client.get_run(run_id)
             except Exception as e:
                 raise TrackingError(f"MLflow run {run_id} is not in the tracking store '{self.uri}' "
                                     f"({type(e).__name__}); point tracking.uri at the store that holds it") from None
-            self.run_id = run_id
-            self.active = False
+            self.run_id, self.active = run_id, False
+            return
+        if exp is None:
+            exp_id = self.client.create_experiment(cfg.experiment, artifact_location=_artifact_root(self.uri))
         else:
-            self.run_id = self.client.create_run(exp_id, run_name=cfg.run_name, tags=all_tags).info.run_id
-            self.active = True
+            exp_id = exp.experiment_id
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        self.run_id = self.client.create_run(exp_id, run_name=cfg.run_name, tags=all_tags).info.run_id
+        self.active = True
 
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param

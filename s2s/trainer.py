@@ -146,22 +146,24 @@ class Trainer:
         n_tokens = torch.tensor(float(sum(self.model.count_targets(b) for b in micro_batches)), device=self.device)
         if self.world > 1:
             dist.all_reduce(n_tokens)
-        loss_sum = nll_sum = 0.0
+        # Sums stay on the device: one host sync per step, not two per micro-batch.
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
         for batch in micro_batches:
             with autocast(self.device):
                 out = self.model(batch)
             loss, nll = token_loss_sums(out, self.cfg.label_smoothing)
             (loss / n_tokens).backward()
-            loss_sum += loss.item()
-            nll_sum += nll.item()
-        n = n_tokens.item()
+            sums += torch.stack([loss.detach(), nll.detach()]).double()
+        loss_sum, nll_sum, n = torch.cat([sums, n_tokens.double().view(1)]).tolist()
         return {"train/loss": loss_sum / n, "train/nll": nll_sum / n, "train/tokens": n}
 
-    def _all_finite(self, loss: float, norm: torch.Tensor) -> bool:
-        ok = torch.tensor(float(math.isfinite(loss) and bool(torch.isfinite(norm))), device=self.device)
+    def _finite_norm(self, loss: float, norm: torch.Tensor) -> tuple[bool, float]:
+        """(loss and gradient norm finite on every rank, the norm as a float) in one host sync."""
+        ok = (torch.isfinite(norm) & math.isfinite(loss)).float()
         if self.world > 1:  # every rank skips, or none: the replicas must stay identical
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-        return bool(ok.item())
+        ok, norm = torch.stack([ok, norm.float()]).tolist()
+        return ok == 1.0, norm
 
     def train_step(self, micro_batches: list) -> dict[str, float]:
         """One optimizer step over `micro_batches`; returns train metrics of the step.
@@ -170,12 +172,13 @@ class Trainer:
         counter stays, `train/skipped_steps` counts it; `max_bad_steps` in a row raise NonFiniteError.
         """
         metrics = self.accumulate_gradients(micro_batches)
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm or float("inf"))
-        if not self._all_finite(metrics["train/loss"], norm):
+        finite, norm = self._finite_norm(metrics["train/loss"], torch.nn.utils.clip_grad_norm_(
+            self.params, self.cfg.max_grad_norm or float("inf")))
+        if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped += 1
             self.bad_streak += 1
-            what = f"loss {metrics['train/loss']}, grad norm {float(norm)}"
+            what = f"loss {metrics['train/loss']}, grad norm {norm}"
             if self.bad_streak >= self.cfg.max_bad_steps:
                 raise NonFiniteError(
                     f"{self.bad_streak} steps in a row had a non-finite loss or gradient (last at step "
@@ -184,13 +187,13 @@ class Trainer:
                     f"{self.cfg.max_bad_steps} sets how many in a row are tolerated")
             log.warning("step %d: %s; batch skipped (%d in a row, train.max_bad_steps=%d)", self.state.step + 1,
                         what, self.bad_streak, self.cfg.max_bad_steps)
-            return {**metrics, "train/grad_norm": float(norm), "train/skipped_steps": self.skipped}
+            return {**metrics, "train/grad_norm": norm, "train/skipped_steps": self.skipped}
         self.bad_streak = 0
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        return {**metrics, "train/grad_norm": float(norm), "train/lr": self.scheduler.get_last_lr()[0],
+        return {**metrics, "train/grad_norm": norm, "train/lr": self.scheduler.get_last_lr()[0],
                 "train/skipped_steps": self.skipped}
 
     def evaluate(self) -> dict[str, float]:
@@ -227,6 +230,7 @@ class Trainer:
             faults = state.get("faults", {})
             self.skipped, self.bad_streak = int(faults.get("skipped", 0)), int(faults.get("bad_streak", 0))
             self.wall_before = float(state.get("wall_seconds", 0.0))
+            self._saved_state = TrainState(**asdict(self.state))  # a stop right here need not rewrite it
             part = "torch_rng"  # last: nothing after this may draw random numbers before training goes on
             torch.set_rng_state(state["torch_rng"])
             if torch.cuda.is_available() and len(state.get("cuda_rng") or []) == torch.cuda.device_count():

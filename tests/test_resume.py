@@ -69,6 +69,7 @@ def test_sigkill_then_resume_from_a_damaged_latest_checkpoint_ends_bitwise_equal
     assert f"resuming MLflow run {run_id} at step {step_of(previous)}" in stdout
 
     assert_same_weights(out / "final" / MODEL_FILE, expected)
+    assert (out / f"abandoned-{newest.name}").is_dir()  # the damaged newer one, set aside, not resumable
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["s2s.resumed_from"] == str(previous)
     assert logged_steps(client, run_id, "train/loss") == set(range(1, 9))

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from s2s import checkpoint as ckpt_mod
-from s2s.checkpoint import checkpoints_in, load_checkpoint, load_trainer_state, save_checkpoint
+from s2s.checkpoint import (checkpoints_in, load_checkpoint, load_trainer_state, prune_checkpoints, save_checkpoint,
+                            set_aside_after)
 from s2s.stop import Interrupted
 from s2s.strategies.base import TargetLogits
 from s2s.trainer import NonFiniteError, TrainConfig, Trainer
@@ -226,6 +227,20 @@ def test_only_the_newest_checkpoints_are_kept_and_final_never_pruned(tmp_path):
     trainer, _, _ = make(tmp_path / "all", checkpoint_every=3, keep_checkpoints=0)
     trainer.fit()
     assert [d.name for d in checkpoints_in(tmp_path / "all")] == ["final", "step-0000006", "step-0000003"]
+
+
+def test_resuming_from_an_older_checkpoint_sets_the_later_ones_aside_before_pruning(tmp_path):
+    """Resumed at step 4 past a damaged step 6 with keep_checkpoints=1: the next save must keep the new
+    step 5, not the abandoned (damaged) step 6, and a later resume must never pick step 6."""
+    out = tmp_path / "run"
+    for step in (2, 4, 6):
+        save_checkpoint(out / f"step-{step:07d}", {"a": torch.full((2,), float(step))}, {"step": step})
+    (out / ".step-0000007.tmp-x").mkdir()  # the leftover of a write a crash interrupted
+    assert [d.name for d in set_aside_after(out, 4)] == ["abandoned-step-0000006"]
+    save_checkpoint(out / "step-0000005", {"a": torch.zeros(2)}, {"step": 5})
+    prune_checkpoints(out, keep=1)
+    assert [d.name for d in checkpoints_in(out)] == ["step-0000005"]
+    assert sorted(p.name for p in out.iterdir()) == ["abandoned-step-0000006", "step-0000005"]  # stale tmp gone
 
 
 def test_a_failed_write_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
