@@ -62,7 +62,8 @@ def _mean_std(xs: list[float]) -> str:
 
 
 def run_one(cfg, parent, reuse: bool, progress: bool) -> dict:
-    """Train (or reuse) one run, then evaluate its checkpoint with matched and shuffled audio."""
+    """Train (or reuse) one run; its final evaluation, and its checkpoint evaluated with shuffled audio."""
+    from s2s.backbones import autocast
     from s2s.metrics import evaluate
     from s2s.prepare import make_batch
 
@@ -77,14 +78,16 @@ def run_one(cfg, parent, reuse: bool, progress: bool) -> dict:
         run_id, n_trainable = found.info.run_id, model.n_trainable()
         wall = found.data.metrics.get("time/wall_seconds", float("nan"))
         train_nll = found.data.metrics.get("train/nll", float("nan"))
+        matched = {k: v for k, v in found.data.metrics.items() if k.startswith("eval/")}  # its final evaluation
     else:
         r = train(cfg, parent_run_id=parent.run_id, progress=progress)
         model, eval_items, collate, run_id = r["model"], r["eval_items"], r["collate"], r["run_id"]
         ckpt, n_trainable, wall = str(r["checkpoint"]), r["n_trainable"], r["wall_seconds"]
         train_nll = parent.client.get_metric_history(run_id, "train/nll")[-1].value
-    matched = evaluate(model, eval_items, collate, cfg.train.eval_batch_size)
-    shuffled = evaluate(model, eval_items, collate, cfg.train.eval_batch_size, prefix="shuffled",
-                        shuffle_audio_seed=cfg.train.seed)
+        matched = r["final_eval"]  # the trainer evaluated the final weights already
+    with autocast(model.core.device):  # the same numerics as the trainer's evaluation
+        shuffled = evaluate(model, eval_items, collate, cfg.train.eval_batch_size, prefix="shuffled",
+                            shuffle_audio_seed=cfg.train.seed)
     history = [(m.step, m.value) for m in parent.client.get_metric_history(run_id, "eval/loss")]
     return {"strategy": cfg.strategy_name, "seed": cfg.train.seed, "run_id": run_id, "checkpoint": ckpt,
             "train_nll": train_nll, "eval_loss": matched["eval/loss"], "eval_acc": matched["eval/acc"],
