@@ -60,24 +60,27 @@ def _freeze(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def _load_error(kind: str, source: str, err: Exception) -> BackboneError:
-    return BackboneError(
-        f"could not load the {kind} backbone '{source}': it is not a local directory and the model "
-        f"hub could not provide it ({type(err).__name__}: {str(err).splitlines()[0][:200]}).\n"
-        f"Fix: on a machine with internet run `huggingface-cli download {source} --local-dir DIR`, then "
-        f"pass backbones.{kind}=DIR; or train offline on small random models with --preset tiny.")
-
-
-def _from_pretrained(kind: str, loader, source: str, **kwargs):
+def load_pretrained(loader, source: str, what: str, use_dir: str, error: type[Exception] = None, **kwargs):
+    """`loader(source, **kwargs)` (a `from_pretrained`), failing with `error` that says what to do:
+    for a broken local directory, what broke; for weights neither local nor on the hub, how to get
+    them (`huggingface-cli download`) and `use_dir` (how to pass the directory, e.g. "backbones.whisper=DIR")."""
+    error = error or BackboneError
     try:
         return loader(source, **kwargs)
     except Exception as e:  # a local directory can be broken in many ways (bad config keys, truncated weights)
         if os.path.isdir(source):
-            raise BackboneError(f"the {kind} directory '{source}' exists but could not be loaded "
-                                f"({type(e).__name__}: {e})") from None
+            raise error(f"the {what} directory '{source}' exists but could not be loaded "
+                        f"({type(e).__name__}: {e})") from None
         if not isinstance(e, (OSError, ValueError)):
             raise
-        raise _load_error(kind, source, e) from None
+        raise error(f"could not load the {what} '{source}': it is not a local directory and the model hub could "
+                    f"not provide it ({type(e).__name__}: {str(e).splitlines()[0][:200]}).\nFix: on a machine "
+                    f"with internet run `huggingface-cli download {source} --local-dir DIR`, then {use_dir}.") from None
+
+
+def _from_pretrained(kind: str, loader, source: str, **kwargs):
+    return load_pretrained(loader, source, f"{kind} backbone", f"pass backbones.{kind}=DIR; or train offline on "
+                           f"small random models with --preset tiny", **kwargs)
 
 
 def load_snac(source: str):

@@ -14,32 +14,20 @@ which the extra words expose.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
 from evaluation.asr.base import ASR, ASRError, prepare_waves
+from s2s.backbones import load_pretrained
 
 DEFAULT_MODEL = "openai/whisper-large-v3"
 WINDOW_SECONDS = 30  # Whisper's encoder takes exactly 30 s of mel frames
 
 
 def _load(loader, source: str, **kwargs):
-    """`loader(source)` with an error that says how to get the weights when they cannot be found."""
-    try:
-        return loader(source, **kwargs)
-    except Exception as e:  # a local directory can be broken in many ways (bad config, truncated weights)
-        if os.path.isdir(source):
-            raise ASRError(f"the Whisper ASR directory '{source}' exists but could not be loaded "
-                           f"({type(e).__name__}: {e})") from None
-        if not isinstance(e, (OSError, ValueError)):
-            raise
-        raise ASRError(
-            f"could not load the Whisper ASR model '{source}': it is not a local directory and the model hub "
-            f"could not provide it ({type(e).__name__}: {str(e).splitlines()[0][:200]}).\n"
-            f"Fix: on a machine with internet run `huggingface-cli download {source} --local-dir DIR`, then pass "
-            f"DIR as the ASR model (`asr.model=DIR` for `python -m evaluation.score`; build_asr('whisper', model=DIR) "
-            f"in code).") from None
+    return load_pretrained(loader, source, "Whisper ASR model", "pass DIR as the ASR model (`asr.model=DIR` for "
+                           "`python -m evaluation.score`; build_asr('whisper', model=DIR) in code)", ASRError,
+                           **kwargs)
 
 
 class WhisperASR(ASR):
