@@ -76,7 +76,7 @@ def _coerce(key: str, raw: Any, tp) -> Any:
     if typing.get_origin(inner) is list:
         (item_tp,) = typing.get_args(inner) or (str,)
         if isinstance(raw, str):
-            raw = yaml.safe_load(raw) if raw.strip().startswith("[") else [s for s in raw.split(",") if s.strip()]
+            raw = yaml.safe_load(raw) if raw.strip().startswith("[") else [s.strip() for s in raw.split(",") if s.strip()]
         if not isinstance(raw, (list, tuple)):
             raw = [raw]
         return [_coerce(key, r, item_tp) for r in raw]

@@ -176,3 +176,9 @@ def test_cli_list_shows_each_strategy_with_its_summary():
     line = next(line for line in lines if line.split()[0] == "adapter_stage1")
     assert STRATEGIES["adapter_stage1"].summary in line
     assert len(lines) == len(STRATEGIES)
+
+
+def test_comma_separated_list_override_is_stripped():
+    from experiments.config import build_config
+    cfg = build_config("adapter_stage1", "tiny", ["data.sources=data/a, data/b"])
+    assert cfg.data.sources == ["data/a", "data/b"]

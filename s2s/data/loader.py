@@ -22,10 +22,6 @@ log = logging.getLogger(__name__)
 ENCODER_SR = 16_000  # Whisper encoder input
 CODEC_SR = 24_000  # SNAC 24 kHz model
 
-# The full preset: Multilingual LibriSpeech, Spanish + Italian (splits train/dev/test; columns
-# audio, transcript, ...). Use with text_column="transcript", eval_split="dev".
-FULL_DATA_SOURCES = ["facebook/multilingual_librispeech:spanish", "facebook/multilingual_librispeech:italian"]
-
 # A source's config name is its language when there is no language column; MLS names its
 # configs by language, mapped here to the ISO codes the synthetic set uses.
 _CONFIG_LANGUAGE = {"spanish": "es", "italian": "it", "english": "en", "french": "fr", "german": "de",
