@@ -31,7 +31,7 @@ def tiny_config(max_train: int, extra: list[str] = ()):
     The tiny backbones are the preset's (same builder, same seeds) but live in .cache/bench/tiny,
     so a benchmark never races another process that rebuilds or removes .cache/s2s/tiny.
     """
-    from experiments.config import build_config
+    from s2s.experiment_config import build_config
 
     data = ensure_dataset()
     tiny = BENCH_CACHE / "tiny"

@@ -26,7 +26,7 @@ from bench._common import add_threads_arg, apply_threads, header, loadavg, tiny_
 
 
 def setup(batch_size: int):
-    from experiments.run import build_strategy
+    from s2s.experiment import build_strategy
     from s2s.backbones import FrozenCore
     from s2s.data.loader import load_examples
     from s2s.prepare import CacheConfig, make_batch, prepare

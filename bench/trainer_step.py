@@ -32,7 +32,7 @@ TARGET = 1.10
 
 
 def build_model(cfg, core, seed: int):
-    from experiments.run import build_strategy
+    from s2s.experiment import build_strategy
     torch.manual_seed(seed)
     return build_strategy(cfg, core)
 

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import torch
 
+from s2s.errors import UserError
 from s2s.tokens import TokenLayout
 
 WHISPER_FRAME_SAMPLES = 320  # 16 kHz, hop 160, conv stride 2 -> one encoder state per 20 ms
 SNAC_HOP = 512
 
 
-class BackboneError(RuntimeError):
+class BackboneError(UserError):
     """A backbone that cannot be loaded, with what to do about it."""
 
 

@@ -12,7 +12,6 @@ allowed. Nothing here knows which sections exist: callers compose them.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from pathlib import Path
@@ -20,17 +19,12 @@ from typing import Any
 
 import yaml
 
+from s2s.errors import UserError
+from s2s.registry import closest
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config key or value that cannot be used, with a message that says how to fix it."""
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """Errors whose message is written for the user: command lines print them without a traceback."""
-    from s2s.backbones import BackboneError
-    from s2s.tracking import TrackingError
-    from s2s.trainer import NonFiniteError
-    return (ValueError, BackboneError, TrackingError, FileNotFoundError, NonFiniteError)
 
 
 def _leaf_keys(cls_or_obj, prefix: str = "") -> list[str]:
@@ -46,12 +40,11 @@ def _leaf_keys(cls_or_obj, prefix: str = "") -> list[str]:
 
 def _unknown_key(key: str, *cfgs) -> ConfigError:
     valid = [k for cfg in cfgs for k in _leaf_keys(cfg)]
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    close = closest(key, valid)
     if not close:  # a bare leaf name ("lr") should still find "train.lr"
         leaf = key.split(".")[-1]
-        close = [k for k in valid if k.split(".")[-1] == leaf] or difflib.get_close_matches(
-            leaf, valid, n=1, cutoff=0.5)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
+        close = next((k for k in valid if k.split(".")[-1] == leaf), None) or closest(leaf, valid)
+    hint = f" Did you mean '{close}'?" if close else ""
     return ConfigError(f"unknown config key '{key}'.{hint} Valid keys: {', '.join(valid)}")
 
 
@@ -126,6 +119,15 @@ def _field(node, name: str, full_key: str, root) -> dataclasses.Field:
         if f.name == name:
             return f
     raise _unknown_key(full_key, root)
+
+
+def get_value(cfg, key: str) -> Any:
+    """The value at dotted `key` (e.g. "strategy.init_from") of dataclass tree `cfg`."""
+    node = cfg
+    for part in key.split("."):
+        _field(node, part, key, cfg)
+        node = getattr(node, part)
+    return node
 
 
 def set_value(cfg, key: str, raw: Any) -> None:

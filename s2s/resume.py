@@ -27,6 +27,8 @@ import torch
 from s2s.checkpoint import (FINAL, META_FILE, MODEL_FILE, STATE_FILE, CheckpointError, checkpoints_in,
                             load_checkpoint, load_trainer_state)
 from s2s.config import flatten
+from s2s.errors import UserError
+from s2s.tracking import open_client
 
 # Config keys (prefixes) that do not change the trained weights. The one list: they may differ
 # between a run and its resume, and are left out of a run's identity (experiments.run.config_hash,
@@ -44,7 +46,7 @@ _RUN_ID = re.compile(r"[0-9a-f]{32}")
 _STATE_KEYS = ("train_state", "optimizer", "scheduler", "torch_rng")
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError):
     """`resume=` cannot be honoured; the message names the input and what to do."""
 
 
@@ -120,12 +122,9 @@ def newest_valid(out_dir: str | Path) -> ResumePoint:
 
 def out_dir_of_run(run_id: str, uri: str) -> Path:
     """The out_dir an MLflow run wrote its checkpoints to (tag `s2s.out_dir`)."""
-    from mlflow.tracking import MlflowClient
-
-    from s2s.tracking import check_reachable
-    check_reachable(uri)
+    client = open_client(uri)
     try:
-        run = MlflowClient(uri).get_run(run_id)
+        run = client.get_run(run_id)
     except Exception as e:
         raise ResumeError(f"resume={run_id}: no such MLflow run in {uri} ({type(e).__name__}). Pass the run's "
                           f"checkpoint directory instead (outputs/<strategy>/<run id>), or point tracking.uri "

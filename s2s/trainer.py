@@ -28,11 +28,11 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
-
 from s2s.backbones import autocast
 from s2s.checkpoint import prune_checkpoints, save_checkpoint
+from s2s.errors import UserError
 from s2s.metrics import evaluate, token_loss_sums
+from s2s.progress import progress_bar
 from s2s.stop import Interrupted, StopSignals
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class TrainState:
     cursor: int = 0  # position inside this epoch's sample order
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(UserError):
     """Too many steps in a row with a NaN/infinite loss or gradient: training cannot go on."""
 
 
@@ -280,7 +280,8 @@ class Trainer:
             if not self.history:
                 self._evaluate_and_log(self.state.step)
             last_eval = self.history[-1][1]
-            bar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", disable=not cfg.progress)
+            bar = progress_bar(total=self.total_steps, initial=self.state.step, desc="train", unit="step",
+                               disable=not cfg.progress)
             while self.state.step < self.total_steps and not stop.requested:
                 before = self.state.step
                 metrics = self.train_step(self._next_micro_batches())
@@ -293,8 +294,10 @@ class Trainer:
                     last_eval = self._evaluate_and_log(step, metrics)
                 else:
                     self.log(metrics, step)
+                # Postfix first: a log shows only some updates, and those should carry this step's loss.
+                bar.set_postfix(loss=f"{metrics['train/nll']:.3f}", eval=f"{last_eval['eval/loss']:.3f}",
+                                refresh=False)
                 bar.update(1)
-                bar.set_postfix(loss=f"{metrics['train/nll']:.3f}", eval=f"{last_eval['eval/loss']:.3f}")
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.total_steps:
                     self.save()
             bar.close()

@@ -32,7 +32,7 @@ class RunEnv:
         return [f"{k}={v}" for k, v in {**self.base, "train.out_dir": out_dir, **extra}.items()]
 
     def config(self, out_dir, *more: str):
-        from experiments.config import build_config
+        from s2s.experiment_config import build_config
         return build_config("adapter_stage1", "tiny", self.overrides(out_dir) + list(more))
 
     def client(self):
@@ -72,7 +72,7 @@ def reference_run(run_env):
     """The uninterrupted run (in this process): (result, out_dir, final weights)."""
     from safetensors.torch import load_file
 
-    from experiments.run import train
+    from s2s.experiment import train
 
     out = run_env.root / "reference"
     result = train(run_env.config(out), progress=False)

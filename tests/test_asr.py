@@ -15,7 +15,8 @@ import torch
 
 from evaluation.asr import BACKENDS, ASRError, build_asr
 from evaluation.asr.base import prepare_waves
-from evaluation.wer import score_corpus
+from s2s.errors import UserError
+from evaluation.metrics import score_texts
 
 FLITE_SENTENCES = [
     "the quick brown fox jumps over the lazy dog",
@@ -51,7 +52,7 @@ def test_registry_lists_the_backends():
 
 
 def test_unknown_backend_names_the_closest_and_all_valid():
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(UserError) as info:
         build_asr("wisper")
     msg = str(info.value)
     assert "unknown ASR backend 'wisper'" in msg and "Did you mean 'whisper'?" in msg
@@ -97,13 +98,13 @@ def test_pocketsphinx_topline_on_flite_english(pocketsphinx, flite_speech):
     waves, rate = flite_speech
     hyps = pocketsphinx.transcribe(waves, rate, ["en"] * len(waves))
     assert len(hyps) == len(waves) and all(isinstance(h, str) for h in hyps)
-    scores, total = score_corpus(FLITE_SENTENCES, hyps)
-    print(f"\npocketsphinx on flite slt ({rate} Hz): corpus WER {total.wer_corpus:.3f}, "
-          f"mean WER {total.wer_mean:.3f}, corpus CER {total.cer_corpus:.3f}")
-    for s in scores:
-        if s.wer:
-            print(f"  {s.wer:.2f}  ref: {s.reference}\n        hyp: {s.hypothesis}")
-    assert total.wer_corpus < POCKETSPHINX_TOPLINE_MAX_WER
+    utterances, values, total = score_texts(FLITE_SENTENCES, hyps)
+    print(f"\npocketsphinx on flite slt ({rate} Hz): pooled WER {total['wer_pooled']:.3f}, "
+          f"mean WER {total['wer_mean']:.3f}, pooled CER {total['cer_pooled']:.3f}")
+    for u, wer in zip(utterances, values["wer"]):
+        if wer.errors:
+            print(f"  {wer.rate:.2f}  ref: {u.reference}\n        hyp: {u.hypothesis}")
+    assert total["wer_pooled"] < POCKETSPHINX_TOPLINE_MAX_WER
 
 
 def test_pocketsphinx_resamples_other_rates(pocketsphinx, flite_speech):
@@ -119,12 +120,12 @@ def test_pocketsphinx_silence_and_empty_give_strings(pocketsphinx):
 
 
 def test_pocketsphinx_refuses_other_languages(pocketsphinx):
-    with pytest.raises(ValueError, match=r"English \(en-us\) model only.*\['es', 'it'\].*whisper"):
+    with pytest.raises(ASRError, match=r"English \(en-us\) model only.*\['es', 'it'\].*whisper"):
         pocketsphinx.transcribe([torch.zeros(1600)] * 3, 16000, ["es", "it", "en"])
 
 
 def test_pocketsphinx_has_no_model_choice():
-    with pytest.raises(ValueError, match="bundled"):
+    with pytest.raises(ASRError, match="bundled"):
         build_asr("pocketsphinx", model="/models/other")
 
 
@@ -210,7 +211,7 @@ def test_whisper_resamples_and_splits_long_audio_into_windows(tiny_whisper, monk
 
 
 def test_whisper_rejects_languages_it_does_not_know(tiny_whisper):
-    with pytest.raises(ValueError, match=r"no language\(s\) \['xx'\]"):
+    with pytest.raises(ASRError, match=r"no language\(s\) \['xx'\]"):
         tiny_whisper.transcribe([torch.zeros(1600)], 16000, ["xx"])
 
 

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from experiments.config import ExperimentConfig, as_dict, build_config, config_from_dict
+from s2s.experiment_config import ExperimentConfig, as_dict, build_config, config_from_dict
 from s2s.config import ConfigError, flatten
+from s2s.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def config_error(*overrides, strategy="adapter_stage1", preset="tiny") -> str:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(UserError) as info:  # a ConfigError, or an UnknownNameError for a strategy name
         build_config(strategy, preset, list(overrides))
     return str(info.value)
 
@@ -104,7 +105,7 @@ def test_full_preset_loads_with_the_card_hyperparameters():
 def test_per_strategy_section_is_applied():
     tiny = build_config("adapter_stage1", "tiny").strategy
     full = build_config("adapter_stage1", "full").strategy
-    # tiny.yaml's strategies.adapter_stage1 section
+    # AdapterStage1Config.PRESET_VALUES['tiny']
     assert (tiny.adapter_hidden, tiny.expansion_width, tiny.expansion_blocks, tiny.expansion_heads,
             tiny.expansion_ffn) == (256, 64, 2, 4, 256)
     # the full preset has no section: the card-sized defaults
@@ -179,6 +180,6 @@ def test_cli_list_shows_each_strategy_with_its_summary():
 
 
 def test_comma_separated_list_override_is_stripped():
-    from experiments.config import build_config
+    from s2s.experiment_config import build_config
     cfg = build_config("adapter_stage1", "tiny", ["data.sources=data/a, data/b"])
     assert cfg.data.sources == ["data/a", "data/b"]

@@ -11,6 +11,7 @@ import torch
 
 from s2s.data import loader as loader_mod
 from s2s.data.audio import BadSample, check_text, decode_audio, prepare_waveform, resample
+from s2s.errors import DataError
 from s2s.data.loader import CODEC_SR, ENCODER_SR, DataConfig, DataSourceError, SkipCounter, load_examples
 from s2s.data.synth import synthesize_dataset
 
@@ -86,9 +87,9 @@ def test_flite_english(tmp_path):
 
 def test_synth_missing_binary_names_package(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(RuntimeError, match="apt-get install espeak-ng"):
+    with pytest.raises(DataError, match="apt-get install espeak-ng"):
         synthesize_dataset(tmp_path / "x", ["es"], n=1, progress=False)
-    with pytest.raises(ValueError, match="English only"):
+    with pytest.raises(DataError, match="English only"):
         synthesize_dataset(tmp_path / "x", ["es"], n=1, engine="flite", progress=False)
 
 
@@ -156,7 +157,7 @@ def test_nothing_usable_raises(tmp_path):
                   {"bytes": b"junk" * 100, "path": "j.wav"}, {"bytes": b"junk" * 99, "path": "k.wav"}],
         "text": ["a", "b", "c"],
     })
-    with pytest.raises(ValueError, match=r"no usable examples.*allbad.*silent=1.*") as e:
+    with pytest.raises(DataSourceError, match=r"no usable examples.*allbad.*silent=1.*") as e:
         load_all(path)
     assert "unreadable" in str(e.value)
 

@@ -107,7 +107,7 @@ def test_decoded_arrays_with_bad_values_are_counted(tmp_path, value, reason):
     (["--n", "2", "--engine", "flite", "--langs", "es"], "flite speaks English only"),
 ])
 def test_synth_cli_refuses_bad_arguments(tmp_path, capsys, args, message):
-    assert synth_main([*args, "--out", str(tmp_path / "out")]) == 1
+    assert synth_main([*args, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert not (tmp_path / "out").exists()
@@ -121,6 +121,6 @@ def test_synth_cli_never_overwrites_what_is_not_a_dataset(tmp_path, capsys, kind
     else:
         out.mkdir()
         (out / "thesis.tex").write_text("years of work")
-    assert synth_main(["--n", "2", "--out", str(out)]) == 1
+    assert synth_main(["--n", "2", "--out", str(out)]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
     assert (out.read_text() if kind == "file" else (out / "thesis.tex").read_text()) in ("my notes", "years of work")

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from experiments import compare, run, search
-from experiments.config import build_config
+from s2s.experiment_config import build_config
 from s2s.config import ConfigError
 
 DEAD = "http://127.0.0.1:9"  # the discard port: nothing listens, the connection is refused at once
@@ -50,13 +50,13 @@ def test_unreachable_tracking_uri_fails_fast_before_anything_runs(command, base,
 
 def test_unreachable_uri_from_the_environment(base, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", DEAD)
-    assert run.main(["adapter_stage1", *base, "--no-progress"]) == 1
+    assert run.main(["adapter_stage1", *base, "--no-progress"]) == 2
     assert DEAD in one_error_line(capsys)
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_store_driver_is_a_clear_error(base, capsys):
-    assert run.main(["adapter_stage1", *base, "tracking.uri=postgresql://u@127.0.0.1:9/db", "--no-progress"]) == 1
+    assert run.main(["adapter_stage1", *base, "tracking.uri=postgresql://u@127.0.0.1:9/db", "--no-progress"]) == 2
     msg = one_error_line(capsys)
     assert "postgresql://u@127.0.0.1:9/db" in msg and "tracking.uri=" in msg
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.run import train
+from s2s.experiment import train
 from s2s.checkpoint import MODEL_FILE, checkpoints_in, step_of
 from s2s.stop import Interrupted
 from tests.run_fixtures import assert_same_weights

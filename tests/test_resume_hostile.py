@@ -14,7 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from experiments.run import main, resume_point
+from experiments.run import main
+from s2s.errors import UserError
+from s2s.experiment import resume_point
 from s2s.checkpoint import META_FILE, MODEL_FILE, STATE_FILE, CheckpointError
 from s2s.resume import ResumeError, ResumeWarning, RunLock, newest_valid
 
@@ -60,7 +62,7 @@ def test_a_pickle_payload_is_refused_and_never_executed(run_env, run_dir, tmp_pa
 
     state = torch.load(run_dir / STATE_FILE, weights_only=True)
     torch.save({**state, "train_state": Payload(marker)}, run_dir / STATE_FILE)
-    assert main(cli(run_env, run_dir)) == 1
+    assert main(cli(run_env, run_dir)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: resume=") and err.count("\n") == 1  # one clean line, no traceback
     assert f"{run_dir / STATE_FILE} cannot be loaded safely" in err and f"resume={run_dir.parent}" in err
@@ -75,7 +77,7 @@ def test_wrong_shapes_are_refused_naming_the_tensor(run_env, run_dir, capsys, re
     name = sorted(weights)[0]
     weights[name] = torch.zeros(3, 3)
     save_file(weights, str(run_dir / MODEL_FILE))
-    assert main(cli(run_env, run_dir)) == 1
+    assert main(cli(run_env, run_dir)) == 2
     err = capsys.readouterr().err.splitlines()[-1]  # after the backbones' loading bars
     assert err.startswith(f"error: resume: {run_dir}") and name in err and "(3, 3)" in err
 
@@ -165,7 +167,7 @@ def test_unknown_resume_targets_say_what_to_pass(run_env, tmp_path, spec, messag
 
 def test_a_run_still_training_elsewhere_is_left_alone(run_env, run_dir, capsys, reference_untouched):
     with RunLock(run_dir.parent):  # what a live training process holds on its out_dir
-        assert main(cli(run_env, run_dir)) == 1
+        assert main(cli(run_env, run_dir)) == 2
     err = capsys.readouterr().err
     assert "is in use by another process" in err and str(run_dir.parent) in err
 
@@ -181,13 +183,13 @@ def test_gatefusion_init_from_refuses_damaged_and_pickled_weights(tiny_core, run
     pickled = tmp_path / "pickled"
     shutil.copytree(run_dir, pickled)
     torch.save({"adapter.proj.0.weight": Payload(marker)}, pickled / MODEL_FILE)  # a pickle named .safetensors
-    with pytest.raises(ValueError, match=rf"strategy\.init_from: .*{MODEL_FILE} cannot be read as safetensors"):
+    with pytest.raises(CheckpointError, match=rf"strategy\.init_from: .*{MODEL_FILE} cannot be read as safetensors"):
         build(pickled)
     assert not marker.exists()
     _truncate(run_dir / MODEL_FILE, 5000)
-    with pytest.raises(ValueError, match=rf"strategy\.init_from: {run_dir / MODEL_FILE} cannot be read"):
+    with pytest.raises(CheckpointError, match=rf"strategy\.init_from: {run_dir / MODEL_FILE} cannot be read"):
         build(run_dir)
     (run_dir / META_FILE).unlink()
-    with pytest.raises(ValueError, match="not an s2s checkpoint"):
+    with pytest.raises(CheckpointError, match="not an s2s checkpoint"):
         build(run_dir)
-    assert issubclass(CheckpointError, ValueError)
+    assert issubclass(CheckpointError, UserError)

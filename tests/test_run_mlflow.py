@@ -6,8 +6,8 @@ import re
 import pytest
 import yaml
 
-from experiments.config import build_config
-from experiments.run import train
+from s2s.experiment_config import build_config
+from s2s.experiment import train
 
 
 def overrides(synth_dataset, tiny_backbone_cfg, cache_dir, root, out_dir, **extra):
@@ -68,6 +68,36 @@ def test_run_finished_with_params_and_tags(finished_run, tiny_backbone_cfg):
     assert tags["s2s.backbone.orpheus"] == tiny_backbone_cfg.orpheus
     assert tags["s2s.backbone.snac"] == tiny_backbone_cfg.snac
     assert tags["mlflow.runName"] == "ok"
+
+
+def test_run_follows_mlflow_conventions(finished_run, synth_dataset):
+    """Source tags a client-created run lacks by itself, and the data as run inputs."""
+    result, client, _ = finished_run
+    run = client.get_run(result["run_id"])
+    tags = run.data.tags
+    assert tags["mlflow.source.git.commit"] == tags["s2s.git_commit"]
+    assert tags["mlflow.source.name"] and tags["mlflow.source.type"] == "LOCAL"
+    inputs = run.inputs.dataset_inputs
+    contexts = sorted(next(t.value for t in i.tags if t.key == "mlflow.data.context") for i in inputs)
+    assert contexts == ["evaluation", "training"]
+    for i in inputs:
+        assert i.dataset.name == synth_dataset.name and str(synth_dataset.resolve()) in i.dataset.source
+
+
+def test_params_and_meta_name_the_folder_really_used(no_env_uri, tracking_root, synth_dataset, tiny_backbone_cfg,
+                                                    prepared_cache_dir, tmp_path, monkeypatch):
+    """With the default out_dir, the run's folder is outputs/<strategy>/<run id>: the logged config
+    and meta.json say so (they once said "outputs" while the checkpoints went one level down)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = build_config("adapter_stage1", "tiny", overrides(synth_dataset, tiny_backbone_cfg, prepared_cache_dir,
+                                                           tracking_root, "outputs", **{"train.max_steps": 1}))
+    result = train(cfg, progress=False)
+    from mlflow.tracking import MlflowClient
+
+    folder = f"outputs/adapter_stage1/{result['run_id']}"
+    assert MlflowClient(result["tracking_uri"]).get_run(result["run_id"]).data.params["train.out_dir"] == folder
+    meta = json.loads((tmp_path / folder / "final" / "meta.json").read_text())
+    assert meta["config"]["train"]["out_dir"] == folder
 
 
 def test_metric_histories(finished_run):

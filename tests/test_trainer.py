@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from s2s.checkpoint import META_FILE, MODEL_FILE, STATE_FILE, load_checkpoint, load_trainer_state
+from s2s.checkpoint import META_FILE, MODEL_FILE, STATE_FILE, CheckpointError, load_checkpoint, load_trainer_state
 from s2s.metrics import token_loss_sum
 from s2s.strategies import AdapterStage1
 from s2s.trainer import TrainConfig, Trainer, lr_lambda
@@ -233,7 +233,7 @@ def test_checkpoint_round_trip(tiny_core, tiny_strategy_cfg, by_length, make_bat
 
     # a checkpoint for another configuration does not load silently
     other = AdapterStage1(type(tiny_strategy_cfg)(**{**vars(tiny_strategy_cfg), "expansion_blocks": 1}), tiny_core)
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(CheckpointError, match="does not fit"):
         other.load_trainable_state_dict(weights)
 
 

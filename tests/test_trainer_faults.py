@@ -281,7 +281,7 @@ def test_a_run_that_keeps_diverging_ends_failed_with_the_reason(run_env, tmp_pat
     rc = main(["adapter_stage1", *run_env.overrides(out, **{"train.max_bad_steps": 2, "tracking.run_name": "nan"}),
                "--no-progress"])
     err = capsys.readouterr().err.splitlines()
-    assert rc == 1 and err[-1].startswith("error: 2 steps in a row had a non-finite loss or gradient")
+    assert rc == 2 and err[-1].startswith("error: 2 steps in a row had a non-finite loss or gradient")
     assert "train.max_bad_steps=2" in err[-1] and "Traceback" not in "\n".join(err)
     client = run_env.client()
     (run,) = client.search_runs([client.get_experiment_by_name("s2s").experiment_id],

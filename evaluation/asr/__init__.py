@@ -4,11 +4,10 @@ Adding a backend: one module with an `ASR` subclass, plus one line in BACKENDS.
 """
 from __future__ import annotations
 
-import difflib
-
 from evaluation.asr.base import ASR, ASRError
 from evaluation.asr.pocketsphinx import PocketSphinxASR
 from evaluation.asr.whisper import WhisperASR
+from s2s.registry import lookup
 
 BACKENDS: dict[str, type[ASR]] = {
     WhisperASR.name: WhisperASR,
@@ -23,11 +22,7 @@ def build_asr(name: str, model: str | None = None, device: str = "cpu", batch_si
     utterances (30-s windows) per generate() call. Extra keyword options go to the backend's
     constructor (pocketsphinx: allow_non_english=True turns its non-English error into a warning).
     """
-    if name not in BACKENDS:
-        close = difflib.get_close_matches(name, BACKENDS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"unknown ASR backend '{name}'.{hint} Available: {', '.join(BACKENDS)}")
-    return BACKENDS[name](model=model, device=device, batch_size=batch_size, **options)
+    return lookup(BACKENDS, name, "ASR backend")(model=model, device=device, batch_size=batch_size, **options)
 
 
 __all__ = ["ASR", "ASRError", "BACKENDS", "build_asr"]

@@ -13,8 +13,10 @@ from typing import ClassVar
 
 import torch
 
+from s2s.errors import UserError
 
-class ASRError(RuntimeError):
+
+class ASRError(UserError):
     """An ASR model that cannot be loaded or run, with what to do about it."""
 
 

@@ -28,7 +28,7 @@ class PocketSphinxASR(ASR):
     def __init__(self, model: str | None = None, device: str = "cpu", batch_size: int = 1,
                  allow_non_english: bool = False):
         if model is not None:
-            raise ValueError(f"the pocketsphinx backend uses the en-us model bundled with the package; "
+            raise ASRError(f"the pocketsphinx backend uses the en-us model bundled with the package; "
                              f"got model={model!r}: leave it unset (or use the 'whisper' backend for another model)")
         try:
             from pocketsphinx import Decoder
@@ -47,7 +47,7 @@ class PocketSphinxASR(ASR):
             msg = (f"pocketsphinx has an English (en-us) model only, but got language(s) {other}; use the "
                    f"'whisper' backend for them")
             if not self.allow_non_english:
-                raise ValueError(msg + " (or allow_non_english=True for a smoke test whose WER means nothing)")
+                raise ASRError(msg + " (or allow_non_english=True for a smoke test whose WER means nothing)")
             warnings.warn(msg, stacklevel=2)
         return [self._decode(w) for w in waves16k]
 

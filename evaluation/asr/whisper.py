@@ -77,7 +77,7 @@ class WhisperASR(ASR):
         codes = [TO_LANGUAGE_CODE.get(c, c) for c in codes]  # "spanish" -> "es", as generate() accepts
         unknown = sorted({c for c in codes if f"<|{c}|>" not in self.lang_to_id})
         if unknown:
-            raise ValueError(f"Whisper model '{self.model_id}' has no language(s) {unknown}; pass ISO 639-1 codes "
+            raise ASRError(f"Whisper model '{self.model_id}' has no language(s) {unknown}; pass ISO 639-1 codes "
                              f"such as 'es', 'it', 'en'")
         # (utterance index, window) in utterance order, so joining per utterance keeps the time order.
         pieces = [(i, piece) for i, w in enumerate(waves16k) for piece in self.windows(w)]

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import datasets
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-
+from s2s.errors import DataError
 from s2s.data.audio import REASONS, BadSample, check_text, decode_audio, prepare_waveform, resample
+from s2s.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ _CONFIG_LANGUAGE = {"spanish": "es", "italian": "it", "english": "en", "french":
                     "portuguese": "pt", "polish": "pl", "dutch": "nl"}
 
 
-class DataSourceError(ValueError):
+class DataSourceError(DataError):
     """A source that cannot be opened or lacks a split/column the config asks for."""
 
 
@@ -52,12 +52,17 @@ class DataConfig:
     # Cap on usable examples per split, counted after filtering, taken in the seeded order.
     max_samples: int | None = field(default=None, metadata={"range": (1, None)})
     max_seconds: float = field(default=30.0, metadata={"range": (0.1, 600.0)})
+    # Drop each SNAC frame whose coarse code c0 repeats the previous frame's (s2s.tokens.dedup_frames),
+    # as Orpheus' own data preparation does for every training utterance: the frozen Orpheus LM
+    # learned its audio-token statistics on such sequences, so its targets here should be too.
+    # Dropped frames shorten the target audio (~85 ms each). False: every SNAC frame is a target.
+    dedup_frames: bool = True
 
     def __post_init__(self):
         if isinstance(self.sources, str):
             self.sources = [s.strip() for s in self.sources.split(",") if s.strip()]
         if not self.sources:
-            raise ValueError("data.sources is empty: give at least one dataset directory or hub id")
+            raise DataSourceError("data.sources is empty: give at least one dataset directory or hub id")
 
 
 @dataclass
@@ -198,8 +203,8 @@ def load_examples(cfg: DataConfig, split: str = "train", skips: SkipCounter | No
     deterministic and disjoint. Bad samples are skipped and added to `skips`.
     Returns a list of `Example` (wave16k [T16] at 16 kHz, target24k [T24] at 24 kHz), all in
     memory: ~0.16 MB per second of audio, fine for thousands of short utterances.
-    Raises DataSourceError (a ValueError) for unusable sources/columns/splits and ValueError
-    when nothing usable is left.
+    Raises DataSourceError (a UserError) for unusable sources/columns/splits and when nothing
+    usable is left.
     """
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
@@ -216,13 +221,13 @@ def load_examples(cfg: DataConfig, split: str = "train", skips: SkipCounter | No
     order = pairs[np.random.default_rng(cfg.split_seed).permutation(len(pairs))]
     if held_out:
         if len(order) <= cfg.eval_size:
-            raise ValueError(f"the {cfg.train_split!r} split of {cfg.sources} has {len(order)} rows; holding out "
+            raise DataSourceError(f"the {cfg.train_split!r} split of {cfg.sources} has {len(order)} rows; holding out "
                              f"data.eval_size={cfg.eval_size} leaves none for training. Lower data.eval_size "
                              "or set data.eval_split")
         order = order[:cfg.eval_size] if split == "eval" else order[cfg.eval_size:]
 
     local, examples, first_errors = SkipCounter(), [], []
-    bar = tqdm(order, desc=f"loading {split} ({split_name})", unit="utt", disable=not progress)
+    bar = progress_bar(order, desc=f"loading {split} ({split_name})", unit="utt", disable=not progress)
     for s, r in bar:
         spec, ds, default = sources[s]
         name = f"{spec}[{split_name}][{r}]"
@@ -244,5 +249,5 @@ def load_examples(cfg: DataConfig, split: str = "train", skips: SkipCounter | No
     if not examples:
         why = (f"all {local.total} rows were skipped ({local!r}); e.g. {' | '.join(first_errors)}"
                if local.total else "it has no rows")
-        raise ValueError(f"no usable examples in the {split} split ({split_name!r}) of {cfg.sources}: {why}")
+        raise DataSourceError(f"no usable examples in the {split} split ({split_name!r}) of {cfg.sources}: {why}")
     return examples

@@ -9,6 +9,8 @@ give far more distinct sentences than any synthetic set needs.
 
 import numpy as np
 
+from s2s.errors import DataError
+
 PARTS: dict[str, dict[str, list[str]]] = {
     "es": {
         "subject": [
@@ -125,9 +127,9 @@ def make_sentence(lang: str, rng: np.random.Generator, min_words: int = 3, max_w
     Rejection-samples the template (subject verb object extra*) until the word count fits.
     """
     if lang not in PARTS:
-        raise ValueError(f"no sentence word lists for language {lang!r}; known: {', '.join(LANGUAGES)}")
+        raise DataError(f"no sentence word lists for language {lang!r}; known: {', '.join(LANGUAGES)}")
     if not 2 <= min_words <= max_words:
-        raise ValueError(f"need 2 <= min_words <= max_words, got min_words={min_words}, max_words={max_words}")
+        raise DataError(f"need 2 <= min_words <= max_words, got min_words={min_words}, max_words={max_words}")
     parts = PARTS[lang]
     pick = lambda kind: parts[kind][rng.integers(len(parts[kind]))]  # noqa: E731
     for _ in range(1000):
@@ -141,7 +143,7 @@ def make_sentence(lang: str, rng: np.random.Generator, min_words: int = 3, max_w
         text = " ".join(words)
         if min_words <= len(text.split()) <= max_words:
             return text[0].upper() + text[1:] + "."
-    raise ValueError(
+    raise DataError(
         f"could not build a {lang} sentence of {min_words}..{max_words} words; "
         "the templates make 2..14 words, so choose a range inside that"
     )

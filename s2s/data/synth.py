@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from tqdm.auto import tqdm
-
 from s2s.data.sentences import make_sentence
+from s2s.errors import DataError, UserError
+from s2s.progress import progress_bar
 
 # Base voices x variants (check `espeak-ng --voices=es`, ls .../espeak-ng-data/voices/!v).
 # The mbrola voices listed there need the mbrola binary, which is not installed.
@@ -43,13 +43,13 @@ class Utterance:
 
 
 def _require(engine: str) -> str:
-    """Path of the engine's binary, or a RuntimeError saying which package to install."""
+    """Path of the engine's binary, or a DataError saying which package to install."""
     if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose one of {sorted(ENGINES)}")
+        raise DataError(f"unknown engine {engine!r}; choose one of {sorted(ENGINES)}")
     binary, package = ENGINES[engine]
     path = shutil.which(binary)
     if path is None:
-        raise RuntimeError(f"{binary} not found on PATH; install it with: apt-get install {package}")
+        raise DataError(f"{binary} not found on PATH; install it with: apt-get install {package}")
     return path
 
 
@@ -98,16 +98,16 @@ def synthesize_dataset(out: str | os.PathLike, langs: list[str] | str, n: int, s
 
     langs = [l.strip() for l in langs.split(",")] if isinstance(langs, str) else list(langs)
     if n < 1 or not langs:
-        raise ValueError(f"need n >= 1 and at least one language, got n={n}, langs={langs}")
+        raise DataError(f"need n >= 1 and at least one language, got n={n}, langs={langs}")
     if engine == "flite" and set(langs) != {"en"}:
-        raise ValueError(f"flite speaks English only; got langs={langs}. Use --engine espeak for es/it")
+        raise DataError(f"flite speaks English only; got langs={langs}. Use --engine espeak for es/it")
     bad = [l for l in langs if l not in ESPEAK_VOICES]
     if bad:
-        raise ValueError(f"no voices for languages {bad}; known: {sorted(ESPEAK_VOICES)}")
+        raise DataError(f"no voices for languages {bad}; known: {sorted(ESPEAK_VOICES)}")
     out = Path(out)
     saved = (out / "dataset_info.json").exists() or (out / "dataset_dict.json").exists()
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not saved)):
-        raise ValueError(f"{out} exists and is not a saved dataset (or an empty directory); refusing to overwrite it")
+        raise DataError(f"{out} exists and is not a saved dataset (or an empty directory); refusing to overwrite it")
     binary = _require(engine)
 
     rng = np.random.default_rng(seed)
@@ -124,7 +124,7 @@ def synthesize_dataset(out: str | os.PathLike, langs: list[str] | str, n: int, s
     utts = [draw(langs[i % len(langs)], min_words, max_words) for i in range(n)]
     audio: list[bytes] = [b""] * n
     todo = list(range(n))
-    bar = tqdm(total=n, desc=f"synthesizing ({engine})", unit="utt", disable=not progress)
+    bar = progress_bar(total=n, desc=f"synthesizing ({engine})", unit="utt", disable=not progress)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for round_ in range(1, 6):
             retry = []
@@ -178,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         out = synthesize_dataset(a.out, a.langs, a.n, a.seed, a.engine, a.min_words, a.max_words, workers=a.workers)
-    except (ValueError, RuntimeError) as e:
+    except UserError as e:  # anything else is a bug and keeps its traceback
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(f"wrote {a.n} utterances to {out}")
     return 0
 
