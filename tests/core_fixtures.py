@@ -4,6 +4,11 @@ The tiny random backbones are built ONCE per session into a temporary directory 
 same `FrozenCore(BackboneConfig(build_tiny=True))` path the tiny preset uses) and every test
 shares the loaded core. Prepared items (SNAC target ids + Whisper states of the `synth_dataset`
 fixture) are cached in a session cache directory, which the end-to-end MLflow run reuses.
+
+`tiny_model(name)` / `build_tiny_model` build ANY registered strategy over the tiny backbones from
+its name alone (its upstream stage first, when it `requires` one): the tests that hold for every
+strategy are parametrized over `list(STRATEGIES)` and use them, so a new strategy is covered
+without editing them.
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ def tiny_core(tiny_backbone_cfg):
 @pytest.fixture(scope="session")
 def tiny_strategy_cfg():
     """The adapter_stage1 config of the tiny preset (tiny.yaml's `strategies.adapter_stage1`)."""
-    from experiments.config import build_config
+    from s2s.experiment_config import build_config
 
     return build_config("adapter_stage1", "tiny").strategy
 
@@ -69,3 +74,85 @@ def make_batch(tiny_core):
     from s2s.prepare import make_batch as _make_batch
 
     return lambda items: _make_batch(list(items), tiny_core)
+
+
+# --- any registered strategy over the tiny core ----------------------------------------------
+
+def backbone_overrides(backbones) -> list[str]:
+    """`key=value` overrides that point a config at the backbones of `backbones` (a BackboneConfig)."""
+    return [f"backbones.{k}={getattr(backbones, k)}" for k in ("whisper", "orpheus", "snac", "build_tiny", "device",
+                                                                "dtype")]
+
+
+def checkpoint_meta(cfg, model) -> dict:
+    """meta.json of a checkpoint of `model` as `s2s.experiment.train` writes it, less the run's bookkeeping:
+    what `load_trained` and an upstream-consuming strategy read (strategy, resolved config, its own extras)."""
+    from s2s.experiment_config import as_dict
+
+    return {"strategy": cfg.strategy_name, "config": as_dict(cfg), **model.checkpoint_meta()}
+
+
+def perturb_zero_parameters(model, seed: int = 0, std: float = 0.05) -> list[str]:
+    """Give every trainable parameter that starts at zero (output projections, gate scales, LoRA B) small
+    random values, so that every trainable path changes the output; returns their names."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    names = []
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad and not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+                names.append(n)
+    return names
+
+
+def build_tiny_model(name: str, backbones, workdir, seed: int = 0, perturb: bool = True):
+    """(config, model in eval mode) of the registered strategy `name` on the tiny preset, generically.
+
+    The config is `build_config(name, "tiny")` pointed at `backbones`. A strategy that `requires` another
+    gets that upstream strategy built the same way (recursively), saved as a checkpoint under `workdir`
+    and its directory set as the requiring key. Each model gets a FrozenCore of its own (0.3 s on the tiny
+    backbones), so a strategy that adapts the LLM (LoRA) cannot leak into another.
+    With `perturb`, zero-initialised trainable parameters get small random values
+    (`perturb_zero_parameters`); `perturb=False` gives the model as a run starts it. An upstream stage is
+    always perturbed: it stands in for a trained run (a stage-1 expansion that is still the identity
+    would give a stage-2 gate nothing to blend).
+    """
+    from pathlib import Path
+
+    import torch
+
+    from s2s.backbones import FrozenCore
+    from s2s.checkpoint import save_checkpoint
+    from s2s.config import set_value
+    from s2s.experiment import build_strategy
+    from s2s.experiment_config import build_config, strategy_class
+
+    cfg = build_config(name, "tiny", backbone_overrides(backbones))
+    up = strategy_class(name).requires
+    if up is not None:
+        up_cfg, up_model = build_tiny_model(up.strategy, backbones, workdir, seed)
+        ckpt = save_checkpoint(Path(workdir) / f"{up.strategy}-for-{name}-seed{seed}", up_model.trainable_state_dict(),
+                               checkpoint_meta(up_cfg, up_model))
+        set_value(cfg, up.key, str(ckpt))
+    torch.manual_seed(seed)
+    model = build_strategy(cfg, FrozenCore(cfg.backbones))
+    if perturb:
+        perturb_zero_parameters(model, seed)
+    return cfg, model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_core, tiny_backbone_cfg, tmp_path_factory):
+    """name -> (config, model): any registered strategy over the tiny backbones (`build_tiny_model`),
+    built once per name and session. Shared: use it in eval mode and do not train it; build your own
+    with `build_tiny_model` to change weights. Depends on tiny_core so that the backbones exist."""
+    built: dict = {}
+    workdir = tmp_path_factory.mktemp("strategies")
+
+    def get(name: str):
+        if name not in built:
+            built[name] = build_tiny_model(name, tiny_backbone_cfg, workdir)
+        return built[name]
+    return get

@@ -1,18 +1,46 @@
-"""The shuffled-audio ablation: every sample scored with another sample's audio (a derangement),
-and a trained adapter losing when it hears the wrong audio."""
+"""The shuffled-audio ablation: every registered strategy's `audio_order` gives each sample the chosen
+sample's audio; evaluation scores every sample with another sample's audio (a derangement); and a
+trained adapter loses when it hears the wrong audio."""
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from s2s.metrics import evaluate, token_loss_sum
-from s2s.strategies import AdapterStage1
+from s2s.strategies import STRATEGIES, AdapterStage1
 from s2s.strategies.base import TargetLogits
 from s2s.trainer import Trainer
 from tests.test_strategies import clip, train_cfg
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_audio_order_gives_each_sample_the_chosen_audio(name, tiny_model, prepared_items, make_batch):
+    """forward(batch, audio_order) scores sample i's targets while it hears sample audio_order[i]'s input:
+    the identity order changes nothing, a swap changes exactly the swapped samples' logits, and equals
+    the forward of a batch whose inputs (Whisper states, transcript) were swapped by hand."""
+    model = tiny_model(name)[1]
+    batch = make_batch(clip(prepared_items[8:11], 1, 2))  # 3 eval utterances: different audio and lengths
+    order = torch.tensor([1, 0, 2])
+    swapped_inputs = dataclasses.replace(batch, states=[batch.states[j] for j in order],
+                                         texts=[batch.texts[j] for j in order])
+    with torch.no_grad():
+        plain = model(batch)
+        same = model(batch, audio_order=torch.arange(len(batch.keys)))
+        swapped = model(batch, audio_order=order)
+        by_hand = model(swapped_inputs)
+    for out in (same, swapped, by_hand):  # the targets are always each sample's own
+        assert torch.equal(out.labels, plain.labels) and torch.equal(out.sample, plain.sample)
+        assert torch.equal(out.groups, plain.groups)
+    torch.testing.assert_close(same.logits, plain.logits, rtol=0, atol=1e-6)
+    torch.testing.assert_close(swapped.logits, by_hand.logits, rtol=1e-5, atol=1e-5)
+    for i in range(3):
+        rows = plain.sample == i
+        diff = float((swapped.logits[rows] - plain.logits[rows]).abs().max())
+        assert (diff > 1e-3) if i < 2 else (diff < 1e-5), (name, i, diff)
 
 
 class Recorder(torch.nn.Module):

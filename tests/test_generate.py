@@ -1,4 +1,7 @@
-"""Generation: decoders equal the training forward, KV caches equal recomputation, sampling rules."""
+"""Generation: decoders equal the training forward, KV caches equal recomputation, sampling rules.
+
+The decoder properties are checked for every registered strategy (`STRATEGIES`), each built by the
+generic `tiny_model` fixture (tests/core_fixtures.py): a new strategy is covered without editing this file."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,33 +9,11 @@ import dataclasses
 import pytest
 import torch
 
-from s2s.checkpoint import save_checkpoint
 from s2s.generate import GenerationConfig, Generated, allowed_ids, generate, tokens_to_audio
-from s2s.strategies.adapter_stage1 import AdapterStage1
-from s2s.strategies.gatefusion_stage2 import GateFusionStage2, GateFusionStage2Config
-from s2s.strategies.istlm_interleaved import IstlmInterleaved
+from s2s.strategies import STRATEGIES
 from s2s.tokens import FRAME, ORPHEUS
 
 GREEDY = dict(temperature=0.0, repetition_penalty=1.0)
-
-
-@pytest.fixture(scope="module")
-def models(tiny_core, tiny_strategy_cfg, tmp_path_factory):
-    """Each strategy with weights that make every trainable path matter (zero-initialised
-    projections perturbed): name -> model in eval mode."""
-    from experiments.config import build_config
-
-    torch.manual_seed(0)
-    adapter = AdapterStage1(tiny_strategy_cfg, tiny_core)
-    with torch.no_grad():
-        adapter.expansion.out_proj.weight.normal_(0.0, 0.05)
-    ckpt = save_checkpoint(tmp_path_factory.mktemp("stage1") / "final", adapter.trainable_state_dict(),
-                           {"strategy": "adapter_stage1", "config": {"strategy": dataclasses.asdict(tiny_strategy_cfg)}})
-    gate = GateFusionStage2(GateFusionStage2Config(init_from=str(ckpt)), tiny_core)
-    with torch.no_grad():
-        gate.scale.fill_(0.7)
-    istlm = IstlmInterleaved(build_config("istlm_interleaved", "tiny").strategy, tiny_core)
-    return {m.name: m.eval() for m in (adapter, istlm, gate)}
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +24,13 @@ def ragged_items(prepared_items):
             for it, n in zip(prepared_items[8:11], (3, 5, 6))]
 
 
-@pytest.mark.parametrize("name", ["adapter_stage1", "istlm_interleaved", "gatefusion_stage2"])
-def test_teacher_forced_decoder_equals_forward(name, models, ragged_items, make_batch):
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_teacher_forced_decoder_equals_forward(name, tiny_model, ragged_items, make_batch):
     """Feeding the reference tokens through the cached decoder gives the training forward's logits,
     for every sample of a left-padded batch: generation sees the sequence training saw.
     (istlm: when the speech ends exactly at a chunk boundary with input left, training reads
     end_of_speech at the last speech token and generation after the next input chunk.)"""
-    model, batch = models[name], make_batch(ragged_items)
+    model, batch = tiny_model(name)[1], make_batch(ragged_items)
     with torch.no_grad():
         reference = model(batch)
         decoder = model.decoder(batch)
@@ -63,26 +44,27 @@ def test_teacher_forced_decoder_equals_forward(name, models, ragged_items, make_
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["adapter_stage1", "istlm_interleaved", "gatefusion_stage2"])
-def test_greedy_with_caches_equals_recomputation(name, models, ragged_items, make_batch):
-    batch = make_batch(ragged_items)
-    cached = generate(models[name], batch, GenerationConfig(max_new_tokens=40, **GREEDY))
-    recomputed = generate(models[name], batch, GenerationConfig(max_new_tokens=40, use_cache=False, **GREEDY))
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_greedy_with_caches_equals_recomputation(name, tiny_model, ragged_items, make_batch):
+    model, batch = tiny_model(name)[1], make_batch(ragged_items)
+    cached = generate(model, batch, GenerationConfig(max_new_tokens=40, **GREEDY))
+    recomputed = generate(model, batch, GenerationConfig(max_new_tokens=40, use_cache=False, **GREEDY))
     assert cached.steps == recomputed.steps > 14
     for a, b in zip(cached.tokens, recomputed.tokens):
         assert torch.equal(a, b)
 
 
-def test_a_sample_generates_the_same_alone_and_in_a_batch(models, ragged_items, make_batch):
-    cfg = GenerationConfig(max_new_tokens=30, **GREEDY)
-    together = generate(models["adapter_stage1"], make_batch(ragged_items), cfg)
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_a_sample_generates_the_same_alone_and_in_a_batch(name, tiny_model, ragged_items, make_batch):
+    model, cfg = tiny_model(name)[1], GenerationConfig(max_new_tokens=16, **GREEDY)  # 2 frames and then some
+    together = generate(model, make_batch(ragged_items), cfg)
     for i, item in enumerate(ragged_items):
-        alone = generate(models["adapter_stage1"], make_batch([item]), cfg)
+        alone = generate(model, make_batch([item]), cfg)
         assert torch.equal(alone.tokens[0], together.tokens[i])
 
 
-def test_constrained_tokens_fit_their_frame_position_and_decode(models, ragged_items, make_batch, tiny_core):
-    out = generate(models["istlm_interleaved"], make_batch(ragged_items[:2]),
+def test_constrained_tokens_fit_their_frame_position_and_decode(tiny_model, ragged_items, make_batch, tiny_core):
+    out = generate(tiny_model("istlm_interleaved")[1], make_batch(ragged_items[:2]),
                    GenerationConfig(max_new_tokens=3 * FRAME, temperature=1.0, top_p=1.0))
     layout = tiny_core.layout
     for tokens in out.tokens:
@@ -92,9 +74,9 @@ def test_constrained_tokens_fit_their_frame_position_and_decode(models, ragged_i
         assert dropped == 0 and len(wave) == 2048 * (len(tokens) // FRAME)
 
 
-def test_sampling_is_reproducible_by_seed(models, ragged_items, make_batch):
-    batch = make_batch(ragged_items[:2])
-    sample = lambda seed: generate(models["adapter_stage1"], batch,  # noqa: E731
+def test_sampling_is_reproducible_by_seed(tiny_model, ragged_items, make_batch):
+    batch, model = make_batch(ragged_items[:2]), tiny_model("adapter_stage1")[1]
+    sample = lambda seed: generate(model, batch,  # noqa: E731
                                    GenerationConfig(max_new_tokens=20, temperature=1.0, top_p=0.9, seed=seed)).tokens
     a, b, c = sample(1), sample(1), sample(2)
     assert all(torch.equal(x, y) for x, y in zip(a, b))

@@ -1,6 +1,7 @@
-"""The three strategies: the interleaved layout and its targets, LoRA on/off, stage-2 gate fusion
-(step-0 equivalence, frozen/trained stage 1, checkpoints, errors) and one Trainer for all.
-The shuffled-audio ablation is in test_ablation.py."""
+"""The strategies: the interleaved layout and its targets, LoRA on/off, stage-2 gate fusion
+(step-0 equivalence, frozen/trained stage 1, checkpoints, errors), and for every registered
+strategy (`STRATEGIES`, built by the generic fixtures of tests/core_fixtures.py) one Trainer and a
+checkpoint round trip. The shuffled-audio ablation is in test_ablation.py, generation in test_generate.py."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ import dataclasses
 import pytest
 import torch
 
-from experiments.config import as_dict, build_config
+from s2s.experiment_config import as_dict, build_config
 from s2s.backbones import FrozenCore
-from s2s.checkpoint import load_checkpoint, save_checkpoint
+from s2s.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from s2s.config import ConfigError
 from s2s.strategies import STRATEGIES, AdapterStage1, GateFusionStage2, IstlmInterleaved
 from s2s.strategies.base import pad_states
 from s2s.strategies.gatefusion_stage2 import GateFusionStage2Config
 from s2s.strategies.istlm_interleaved import interleave_layout
 from s2s.tokens import FRAME, text_ids
 from s2s.trainer import TrainConfig, Trainer
+from tests.core_fixtures import build_tiny_model, checkpoint_meta
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -254,12 +257,12 @@ def test_istlm_with_lora_trains_only_the_low_rank_weights(own_core_cfg, tiny_cor
     with torch.no_grad():
         assert not torch.allclose(core.hidden_states(x, ones), tiny_core.hidden_states(x, ones))
     # an adapted core cannot silently serve another strategy
-    with pytest.raises(RuntimeError, match="LoRA"):
+    with pytest.raises(ConfigError, match="LoRA"):
         AdapterStage1(build_config("adapter_stage1", "tiny").strategy, core)
 
 
 def test_istlm_text_source_without_lora_is_a_clear_error(tiny_core, istlm_cfg):
-    with pytest.raises(ValueError, match=r"interleave_source=text.*lora_rank"):
+    with pytest.raises(ConfigError, match=r"interleave_source=text.*lora_rank"):
         IstlmInterleaved(dataclasses.replace(istlm_cfg, interleave_source="text", lora_rank=0), tiny_core)
     assert not getattr(tiny_core, "adapted_by", None)
 
@@ -360,44 +363,43 @@ def test_gatefusion_trains_stage1_at_its_own_lr(tiny_core, stage1, short_items, 
 
 def test_gatefusion_errors_name_the_problem(tiny_core, stage1, istlm_cfg, tmp_path):
     ckpt, _ = stage1
-    with pytest.raises(ValueError, match="init_from"):
+    with pytest.raises(ConfigError, match="init_from"):
         GateFusionStage2(GateFusionStage2Config(), tiny_core)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="not an s2s checkpoint"):
+    with pytest.raises(CheckpointError, match="not an s2s checkpoint"):
         GateFusionStage2(GateFusionStage2Config(init_from=str(tmp_path / "empty")), tiny_core)
 
     torch.manual_seed(0)
     other = save_checkpoint(tmp_path / "istlm", IstlmInterleaved(istlm_cfg, tiny_core).trainable_state_dict(),
                             run_meta("istlm_interleaved"))
-    with pytest.raises(ValueError, match="'istlm_interleaved' checkpoint.*'adapter_stage1'"):
+    with pytest.raises(CheckpointError, match="'istlm_interleaved' checkpoint.*'adapter_stage1'"):
         GateFusionStage2(GateFusionStage2Config(init_from=str(other)), tiny_core)
 
     weights, meta = load_checkpoint(ckpt)
     hidden = weights["adapter.proj.0.weight"].shape[0]
     weights["adapter.proj.0.weight"] = torch.zeros(hidden, 5 * 1280)  # as if from a Whisper-large core
     wrong = save_checkpoint(tmp_path / "wrong_dims", weights, meta)
-    with pytest.raises(ValueError, match=r"does not match this core's dimensions.*adapter\.proj\.0\.weight"):
+    with pytest.raises(CheckpointError, match=r"does not match this core's dimensions.*adapter\.proj\.0\.weight"):
         GateFusionStage2(GateFusionStage2Config(init_from=str(wrong)), tiny_core)
 
 
-# --- 4. one trainer for every strategy ---------------------------------------------------------
+# --- 4. every registered strategy: one trainer, checkpoints that rebuild it -----------------------
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
-def test_every_strategy_trains_through_the_same_trainer(name, tiny_core, stage1, short_items, make_batch, tmp_path):
-    from experiments.run import build_strategy
-
-    overrides = [f"strategy.init_from={stage1[0]}"] if name == "gatefusion_stage2" else []
-    cfg = build_config(name, "tiny", overrides)
-    torch.manual_seed(0)
-    model = build_strategy(cfg, tiny_core)
+def test_every_strategy_trains_through_the_same_trainer(name, tiny_core, tiny_backbone_cfg, short_items, make_batch,
+                                                        tmp_path):
+    # A model of its own (it trains), as a run starts it: freshly initialised; an upstream stage it
+    # requires is built and checkpointed first (tests/core_fixtures.py).
+    cfg, model = build_tiny_model(name, tiny_backbone_cfg, tmp_path / "upstream", perturb=False)
+    model.train()
     assert isinstance(model, STRATEGIES[name])
     items = short_items[:4]
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     logged = []
     tcfg = dataclasses.replace(cfg.train, lr=3e-3, max_steps=4, batch_size=4, eval_every=2, eval_batch_size=4,
-                               label_smoothing=0.0, out_dir=str(tmp_path), progress=False)
+                               label_smoothing=0.0, out_dir=str(tmp_path / "out"), progress=False)
     trainer = Trainer(tcfg, model, items, items, make_batch, log=lambda m, s: logged.append((s, m)),
-                      meta=lambda: {"strategy": name})
+                      meta=lambda: checkpoint_meta(cfg, model))
     result = trainer.fit()
 
     assert result["steps"] == 4 and [s for s, _ in result["eval_history"]] == [0, 2, 4]
@@ -411,12 +413,36 @@ def test_every_strategy_trains_through_the_same_trainer(name, tiny_core, stage1,
     assert meta["strategy"] == name and set(weights) == set(model.trainable_state_dict())
 
 
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_every_strategy_checkpoint_round_trip(name, tiny_model, short_items, make_batch, tmp_path):
+    """trainable_state_dict -> save_checkpoint -> load_trained rebuilds config, core and strategy from the
+    checkpoint alone, and the rebuilt model computes the same logits bit for bit."""
+    from s2s.experiment import load_trained
+
+    cfg, model = tiny_model(name)
+    ckpt = save_checkpoint(tmp_path / "final", model.trainable_state_dict(), checkpoint_meta(cfg, model))
+    weights, _ = load_checkpoint(ckpt)
+    assert set(weights) == model.saved_names() and model.n_trainable() > 0
+    cfg2, _, loaded, meta = load_trained(str(ckpt))
+    assert type(loaded) is type(model) and meta["strategy"] == name
+    assert as_dict(cfg2) == as_dict(cfg)
+    batch = make_batch(short_items[:3])
+    with torch.no_grad():
+        a, b = model(batch), loaded.eval()(batch)
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.sample, b.sample) and torch.equal(a.groups, b.groups)
+    assert torch.equal(a.logits, b.logits)
+    # not vacuous: the same strategy rebuilt without the checkpoint's weights computes other logits
+    torch.manual_seed(1)
+    untrained = type(model).from_checkpoint(cfg2.strategy, FrozenCore(cfg2.backbones), meta).eval()
+    with torch.no_grad():
+        assert not torch.equal(untrained(batch).logits, a.logits)
+
+
 def test_run_list_prints_each_strategy_on_one_line(capsys):
     from experiments.run import main
 
     assert main(["--list"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
-    assert sorted(line.split()[0] for line in lines) == sorted(["adapter_stage1", "istlm_interleaved",
-                                                               "gatefusion_stage2"])
+    assert sorted(line.split()[0] for line in lines) == sorted(STRATEGIES)
     for line in lines:
         assert STRATEGIES[line.split()[0]].summary in line

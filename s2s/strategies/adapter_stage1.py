@@ -19,8 +19,8 @@ import torch
 from s2s.adapter import FRAME_SECONDS, SpeechAdapter
 from s2s.expansion import OTHER_SLOT, ExpansionBlocks
 from s2s.prepare import Batch
-from s2s.search_space import TRAIN_SEARCH_SPACE
-from s2s.strategies.base import Strategy, TargetLogits, pad_right, pad_states, target_logits, target_slots
+from s2s.search.space import TRAIN_SEARCH_SPACE
+from s2s.strategies.base import Strategy, TargetLogits, adapt_audio, pad_right, target_logits, target_slots
 from s2s.strategies.decoder import Decoder, Features
 from s2s.tokens import FRAME, human_prefix, human_suffix, text_ids
 
@@ -34,9 +34,12 @@ class AdapterStage1Config:
     expansion_ffn: int = field(default=4096, metadata={"range": (1, None)})
     voice: str = ""  # an Orpheus voice name (e.g. "javi") written before the audio, or none
 
-    # Default hyperparameter search space (python -m experiments.search; format: s2s/search_space.py).
+    # Default hyperparameter search space (python -m experiments.search; format: s2s/search/space.py).
     SEARCH_SPACE: ClassVar[dict] = {**TRAIN_SEARCH_SPACE,
                                    "strategy.expansion_blocks": {"type": "int", "low": 1, "high": 4}}
+    # The tiny preset's dimensions: a few hundred thousand parameters that train on 2 CPU cores.
+    PRESET_VALUES: ClassVar[dict] = {"tiny": {"adapter_hidden": 256, "expansion_width": 64, "expansion_blocks": 2,
+                                              "expansion_heads": 4, "expansion_ffn": 256}}
 
 
 def speech_times(index: torch.Tensor, frame_time: float) -> torch.Tensor:
@@ -62,11 +65,7 @@ class AdapterStage1(Strategy):
 
     def audio_embeddings(self, batch: Batch, audio_order=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Adapter output [B, Ta, D] and frame counts [B], optionally permuted across samples."""
-        states, lengths = pad_states(batch.states, self.core.device)
-        audio, alens = self.adapter(states, lengths)
-        if audio_order is not None:
-            audio, alens = audio[audio_order], alens[audio_order]
-        return audio, alens
+        return adapt_audio(self.adapter, batch, self.core.device, audio_order)
 
     def frame_time(self) -> float:
         """One SNAC frame in adapter-frame (0.1 s) units: the time axis of cross-attention."""

@@ -2,6 +2,13 @@
 
 A strategy owns its trainable modules and turns a `Batch` into logits at the target positions
 (the speech tokens and end_of_speech). The trainer sees only this interface.
+
+A strategy also declares everything specific to it, so that no command has to know it by name:
+- `Config`: its settings (a dataclass), with `SEARCH_SPACE` (the default Optuna space, format in
+  s2s/search/space.py) and `PRESET_VALUES` ({preset: {field: value}}, e.g. the tiny preset's
+  small dimensions) as class attributes;
+- `requires`: an `Upstream` when it trains on top of another strategy's checkpoint; `compare`
+  trains that stage first and fills the key, `search` refuses to start without it.
 """
 from __future__ import annotations
 
@@ -12,12 +19,22 @@ import torch
 from torch import nn
 
 from s2s.backbones import FrozenCore
+from s2s.checkpoint import CheckpointError
+from s2s.config import ConfigError
 from s2s.expansion import OTHER_SLOT
 from s2s.prepare import Batch
 from s2s.tokens import FRAME
 
 # Metric groups of the target tokens: frame position k0..k6 of an audio id, or the end token.
 GROUP_NAMES = tuple(f"k{k}" for k in range(FRAME)) + ("eos",)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """The stage a strategy builds on: `strategy`'s checkpoint, given as config key `key`."""
+
+    strategy: str  # the registry name of the earlier stage
+    key: str  # the dotted config key that holds its checkpoint directory, e.g. "strategy.init_from"
 
 
 @dataclass
@@ -34,11 +51,12 @@ class Strategy(nn.Module):
     name: ClassVar[str]
     summary: ClassVar[str]
     Config: ClassVar[type]
+    requires: ClassVar[Upstream | None] = None
 
     def __init__(self, cfg, core: FrozenCore):
         super().__init__()
         if getattr(core, "adapted_by", None):
-            raise RuntimeError(f"this FrozenCore's LLM carries LoRA layers injected by '{core.adapted_by}'; "
+            raise ConfigError(f"this FrozenCore's LLM carries LoRA layers injected by '{core.adapted_by}'; "
                                f"load a fresh FrozenCore for another strategy")
         self.cfg = cfg
         self.core = core  # a plain attribute: the frozen weights never enter state_dict or the optimizer
@@ -88,8 +106,8 @@ class Strategy(nn.Module):
         wrong = [f"{n}: checkpoint {tuple(state[n].shape)} vs model {tuple(own[n].shape)}"
                  for n in expected & state.keys() if state[n].shape != own[n].shape]
         if missing or unexpected or wrong:
-            raise ValueError(f"checkpoint does not fit strategy '{self.name}': missing {sorted(missing)[:5]}, "
-                             f"unexpected {sorted(unexpected)[:5]}, wrong shapes {wrong[:5]}")
+            raise CheckpointError(f"checkpoint does not fit strategy '{self.name}': missing {sorted(missing)[:5]}, "
+                                  f"unexpected {sorted(unexpected)[:5]}, wrong shapes {wrong[:5]}")
         with torch.no_grad():
             for n, t in state.items():
                 own[n].copy_(t)
@@ -104,6 +122,19 @@ def pad_states(states: list[torch.Tensor], device) -> tuple[torch.Tensor, torch.
     """Ragged [T_i, D] -> padded [B, T, D] and lengths [B]."""
     lengths = torch.tensor([len(s) for s in states], device=device)
     return nn.utils.rnn.pad_sequence(states, batch_first=True).to(device), lengths
+
+
+def adapt_audio(adapter: nn.Module, batch: Batch, device,
+                audio_order: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whisper states of `batch` through `adapter`: [B, Ta, D] audio embeddings and frame counts [B].
+
+    `audio_order` [B] gives sample i the audio of sample audio_order[i] (the shuffled-audio ablation).
+    """
+    states, lengths = pad_states(batch.states, device)
+    audio, alens = adapter(states, lengths)
+    if audio_order is not None:
+        audio, alens = audio[audio_order], alens[audio_order]
+    return audio, alens
 
 
 def target_slots(n_speech: int, device) -> torch.Tensor:
@@ -136,5 +167,5 @@ def pad_right(seqs: list[torch.Tensor], value=0) -> tuple[torch.Tensor, torch.Te
     return padded, mask.to(padded.device)
 
 
-__all__ = ["Strategy", "TargetLogits", "GROUP_NAMES", "OTHER_SLOT", "pad_states", "pad_right",
+__all__ = ["Strategy", "Upstream", "TargetLogits", "GROUP_NAMES", "OTHER_SLOT", "adapt_audio", "pad_states", "pad_right",
            "target_slots", "target_groups", "target_logits"]

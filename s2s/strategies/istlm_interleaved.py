@@ -20,8 +20,9 @@ import torch
 
 from s2s.adapter import SpeechAdapter
 from s2s.prepare import Batch
-from s2s.search_space import TRAIN_SEARCH_SPACE
-from s2s.strategies.base import Strategy, TargetLogits, pad_right, pad_states, target_logits
+from s2s.search.space import TRAIN_SEARCH_SPACE
+from s2s.config import ConfigError
+from s2s.strategies.base import Strategy, TargetLogits, adapt_audio, pad_right, target_logits
 from s2s.strategies.decoder import Decoder, Features
 from s2s.tokens import human_prefix, human_suffix, text_ids
 
@@ -36,9 +37,10 @@ class IstlmInterleavedConfig:
     lora_alpha: float = field(default=16.0, metadata={"range": (0.0, None)})
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
 
-    # Default hyperparameter search space (python -m experiments.search; format: s2s/search_space.py).
+    # Default hyperparameter search space (python -m experiments.search; format: s2s/search/space.py).
     SEARCH_SPACE: ClassVar[dict] = {**TRAIN_SEARCH_SPACE,
                                    "strategy.lora_rank": {"type": "categorical", "choices": [0, 4, 8, 16]}}
+    PRESET_VALUES: ClassVar[dict] = {"tiny": {"adapter_hidden": 256}}  # the tiny preset's adapter width
 
 
 def interleave_layout(n_input: int, n_speech: int, input_chunk: int, speech_chunk: int) -> list[tuple[str, int, int]]:
@@ -63,13 +65,14 @@ class IstlmInterleaved(Strategy):
     def __init__(self, cfg: IstlmInterleavedConfig, core):
         super().__init__(cfg, core)
         if cfg.interleave_source == "text" and not cfg.lora_rank:
-            raise ValueError("istlm_interleaved with strategy.interleave_source=text and strategy.lora_rank=0 has "
+            raise ConfigError("istlm_interleaved with strategy.interleave_source=text and strategy.lora_rank=0 has "
                              "nothing to train (the text embeddings and the LLM are frozen): set strategy.lora_rank=8")
         self.adapter = SpeechAdapter(core.whisper_dim, core.llm_dim, cfg.adapter_hidden) \
             if cfg.interleave_source == "audio" else None
         layout = core.layout
         self.prompt = human_prefix(layout) + [layout.start_of_text] + human_suffix(layout)
         if cfg.lora_rank:
+            # peft takes seconds to import; only LoRA runs pay for it.
             from peft import LoraConfig, inject_adapter_in_model
             inject_adapter_in_model(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                                                target_modules=cfg.lora_targets), core.llm)
@@ -87,10 +90,7 @@ class IstlmInterleaved(Strategy):
             texts = [batch.texts[j] for j in order]
             return [self.core.embed(torch.tensor(text_ids(self.core.tokenizer, t, self.core.layout)[1:]))
                     for t in texts]
-        states, lengths = pad_states(batch.states, self.core.device)
-        audio, alens = self.adapter(states, lengths)
-        if audio_order is not None:
-            audio, alens = audio[audio_order], alens[audio_order]
+        audio, alens = adapt_audio(self.adapter, batch, self.core.device, audio_order)
         return [audio[i, : int(alens[i])] for i in range(len(batch))]
 
     def forward(self, batch: Batch, audio_order: torch.Tensor | None = None) -> TargetLogits:
