@@ -18,7 +18,9 @@ import yaml
 
 from experiments import search
 from s2s.config import ConfigError
-from s2s.search_space import Param, merge_specs, parse_param, parse_space
+from s2s.search.objective import Search
+from s2s.search.report import summarize
+from s2s.search.space import Param, merge_specs, parse_param, parse_space
 
 STRATEGY = "adapter_stage1"
 
@@ -108,8 +110,8 @@ def test_everything_pinned_is_an_error(capsys, tmp_path):
 
 
 def test_default_spaces_of_every_strategy_are_valid():
-    from experiments.config import build_config
-    from s2s.search_space import check_space
+    from s2s.experiment_config import build_config
+    from s2s.search.space import check_space
     from s2s.strategies import STRATEGIES
 
     for name, cls in STRATEGIES.items():
@@ -136,10 +138,10 @@ def test_summary_with_one_complete_trial_skips_importances(tmp_path):
 
     study = optuna.create_study(direction="minimize")
     study.optimize(lambda t: t.suggest_float("train.lr", 1e-5, 1e-2, log=True), n_trials=1)
-    s = search.Search(cfg=None, space={}, n_trials=1, study_name="x", storage_url="mem", pruner="median", seed=None,
-                      heartbeat=10, progress=False)
+    s = Search(cfg=None, space={}, n_trials=1, study_name="x", storage_url="mem", pruner="median", seed=None,
+               heartbeat=10, progress=False)
     parent = FakeParent()
-    summary = search.summarize(s, study, parent, tmp_path)
+    summary = summarize(s, study, parent, tmp_path)
     assert "param_importances.png" not in parent.artifacts
     assert {"best.json", "optimization_history.png"} <= set(parent.artifacts)
     assert any("at least 2 complete trials" in n for n in summary["notes"])

@@ -1,30 +1,36 @@
 """The Optuna side of a search: storage, study, pruner and sampler, and recovery from dead workers.
 
 A worker that dies stops sending heartbeats; its trial is marked FAILED and queued again
-(at most MAX_RETRY times). `experiments/search.py` drives the trials and the MLflow runs.
+(at most MAX_RETRY times). s2s/search/objective.py runs the trials, session.py the MLflow runs.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import sys
 import warnings
 from typing import TYPE_CHECKING
 
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
 from s2s.config import ConfigError
-from s2s.search_space import space_to_dict
+from s2s.search.space import space_to_dict
+from s2s.tracking import open_client
 
 if TYPE_CHECKING:
-    from experiments.search import Search
+    from s2s.search.objective import Search
 
+METRIC = "eval/loss"  # the objective: the final eval loss (nats per target token), minimized
 MAX_RETRY = 2  # times a dead worker's trial is re-run before it stays FAILED
 ORPHAN_S = 600  # a RUNNING trial that never started its objective this long is failed (see _fail_orphans)
+FINISHED = ("COMPLETE", "PRUNED")
+BUDGET = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")  # trials that use one of the requested slots
 
-
-# --- Optuna ----------------------------------------------------------------------------------
 
 def make_pruner(s: Search):
-    import optuna
-
     eval_every = s.cfg.train.eval_every
     if s.pruner == "none":
         return optuna.pruners.NopPruner()
@@ -38,8 +44,6 @@ def make_pruner(s: Search):
 
 
 def make_sampler(s: Search, n_existing: int):
-    import optuna
-
     # Offset the seed by the worker and the trials already run, so that parallel workers and a
     # resumed search do not redraw the same random start-up points.
     seed = None if s.seed is None else s.seed + 1000 * s.worker_index + n_existing
@@ -50,8 +54,6 @@ class _RetryDeadWorkers:
     """Heartbeat-stale trial callback: re-queue the trial (Optuna's retry callback) and end its MLflow run."""
 
     def __init__(self, tracking_uri: str):
-        from optuna.storages import RetryHeartbeatStaleTrialCallback
-
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
         self.tracking_uri = tracking_uri
 
@@ -62,8 +64,7 @@ class _RetryDeadWorkers:
               f"(at most {MAX_RETRY} retries)", file=sys.stderr)
         if run_id:
             try:
-                from mlflow.tracking import MlflowClient
-                client = MlflowClient(self.tracking_uri)
+                client = open_client(self.tracking_uri)
                 if client.get_run(run_id).info.status == "RUNNING":
                     client.set_tag(run_id, "s2s.failure", "worker died (no heartbeat); the trial was retried")
                     client.set_terminated(run_id, "KILLED")
@@ -72,8 +73,6 @@ class _RetryDeadWorkers:
 
 
 def open_storage(s: Search, tracking_uri: str):
-    import optuna
-
     engine_kwargs = {"connect_args": {"timeout": 60}} if s.storage_url.startswith("sqlite") else {}
     try:
         return optuna.storages.RDBStorage(s.storage_url, engine_kwargs=engine_kwargs, heartbeat_interval=s.heartbeat,
@@ -86,8 +85,6 @@ def open_storage(s: Search, tracking_uri: str):
 
 def open_study(s: Search, storage):
     """Create the study or load it; a study made with another fixed config or space is an error."""
-    import optuna
-
     study = optuna.create_study(study_name=s.study_name, storage=storage, direction="minimize",
                                 load_if_exists=True, pruner=make_pruner(s), sampler=make_sampler(s, 0))
     study.sampler = make_sampler(s, len(study.get_trials(deepcopy=False)))
@@ -111,8 +108,9 @@ def open_study(s: Search, storage):
     return study
 
 
-FINISHED = ("COMPLETE", "PRUNED")
-BUDGET = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")  # trials that use one of the requested slots
+def load_study(s: Search, storage):
+    """The study as it is now in the storage (after other workers' trials)."""
+    return optuna.load_study(study_name=s.study_name, storage=storage)
 
 
 def counts(study) -> dict[str, int]:
@@ -124,9 +122,6 @@ def counts(study) -> dict[str, int]:
 
 def fail_stale(study) -> None:
     """Mark the trials of dead workers FAILED (their retries are queued by _RetryDeadWorkers)."""
-    import optuna
-    from optuna.exceptions import ExperimentalWarning
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
@@ -136,10 +131,6 @@ def fail_stale(study) -> None:
 def _fail_orphans(study) -> None:
     """A worker killed between creating a trial and its first heartbeat leaves a RUNNING trial that
     never goes stale; fail such trials (no s2s.worker attribute, started long ago) so nobody waits forever."""
-    import datetime
-
-    from optuna.trial import TrialState
-
     now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0

@@ -6,19 +6,20 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from experiments.study import FINISHED, counts
+from optuna.exceptions import ExperimentalWarning
+
+from s2s.search.study import FINISHED, METRIC, counts
 
 if TYPE_CHECKING:
-    from experiments.search import Search
-
-METRIC = "eval/loss"
+    from s2s.search.objective import Search
 
 
 def _save_plot(plot, study, path: Path, **kw) -> str | None:
+    # Local on purpose: the Agg backend is chosen only when a plot is drawn, before pyplot is
+    # imported; importing this module does not switch the backend of a process that draws on screen.
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from optuna.exceptions import ExperimentalWarning
 
     try:
         with warnings.catch_warnings():
@@ -37,7 +38,8 @@ def _save_plot(plot, study, path: Path, **kw) -> str | None:
 
 
 def summarize(s: Search, study, parent, out_dir: Path) -> dict:
-    """Log the best trial and the plots to the parent run; return what main prints."""
+    """Log the best trial and the plots to the parent run; return what the command prints."""
+    # Local for the same reason as in _save_plot: optuna.visualization.matplotlib imports pyplot.
     from optuna.visualization import matplotlib as ovm
 
     c = counts(study)

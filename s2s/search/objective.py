@@ -1,0 +1,178 @@
+"""A resolved search (`Search`: the fixed config, the space, the study) and what one trial does.
+
+`resolve` turns the command's choices into a checked `Search` before anything is opened; the
+objective trains one config of the usual trainer (s2s.experiment.train) per trial, reports the
+eval loss at every evaluation so the pruner can stop it, and tags the trial's MLflow run.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from mlflow.entities import Param as MlflowParam, RunTag
+
+from s2s.config import ConfigError, flatten, get_value, load_yaml
+from s2s.experiment import train
+from s2s.experiment_config import ExperimentConfig, as_dict, build_config, strategy_class
+from s2s.resume import result_keys
+from s2s.search.space import Param, apply_params, check_space, merge_specs, parse_space, space_to_dict
+from s2s.search.study import BUDGET, FINISHED, METRIC, counts, fail_stale
+from s2s.tracking import find_child_run
+
+PRUNERS = ("median", "hyperband", "none")
+
+
+class _SurplusTrial(Exception):
+    """A trial created while the requested number was already taken by other workers (never trained)."""
+
+
+@dataclass
+class Search:
+    """Everything a worker needs, resolved and checked before any trial starts."""
+
+    cfg: ExperimentConfig  # the fixed config every trial starts from
+    space: dict[str, Param]
+    n_trials: int
+    study_name: str
+    storage_url: str
+    pruner: str
+    seed: int | None
+    heartbeat: int
+    progress: bool
+    worker_index: int = 0
+    pinned: tuple[str, ...] = ()  # searched by default, fixed by a key=value override
+
+    @property
+    def fixed(self) -> dict[str, Any]:
+        return fixed_config(self.cfg, self.space)
+
+
+def fixed_config(cfg: ExperimentConfig, space: dict[str, Param]) -> dict[str, Any]:
+    """The flattened config keys that define what every trial trains, minus the searched ones."""
+    return {k: v for k, v in result_keys(flatten(as_dict(cfg))).items() if k not in space}
+
+
+def default_study_name(cfg: ExperimentConfig, space: dict[str, Param]) -> str:
+    """<strategy>-<preset>-<hash of the fixed config and the space>: the same command, the same study."""
+    ident = json.dumps({"fixed": fixed_config(cfg, space), "space": space_to_dict(space)}, sort_keys=True,
+                       default=str)
+    return f"{cfg.strategy_name}-{cfg.preset}-{hashlib.sha1(ident.encode()).hexdigest()[:8]}"
+
+
+def default_storage(cfg: ExperimentConfig) -> str:
+    root = Path(cfg.tracking.root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'optuna.db'}"  # an absolute path: four slashes
+
+
+def resolve(strategy: str, overrides: list[str] = (), *, preset: str = "tiny", config_files: list[str] = (),
+            space_file: str | None = None, replace_space: bool = False, trials: int = 20, workers: int = 1,
+            study: str | None = None, storage: str | None = None, pruner: str = "median", seed: int | None = None,
+            heartbeat: int = 10, progress: bool = False, worker_index: int = 0) -> Search:
+    """Build the fixed config and the search space; ConfigError if anything is off (nothing is opened).
+
+    `space_file` (YAML) extends or overrides the strategy's `SEARCH_SPACE` (`replace_space`: it alone);
+    a searched key given in `overrides` is fixed instead (listed in `Search.pinned`). `workers` is
+    only checked here: the command starts the worker processes."""
+    if trials < 1:
+        raise ConfigError(f"--trials must be at least 1, got {trials}")
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if heartbeat < 1:
+        raise ConfigError(f"--heartbeat must be at least 1 second, got {heartbeat}")
+    if pruner not in PRUNERS:
+        raise ConfigError(f"unknown pruner '{pruner}': one of {', '.join(PRUNERS)}")
+    cfg = build_config(strategy, preset, list(overrides), list(config_files))
+    if cfg.resume:
+        raise ConfigError("resume= continues one run of experiments.run; a search resumes when you run the same "
+                          "command again (finished trials are kept, a dead worker's trial is retried): drop resume=")
+    up = strategy_class(cfg.strategy_name).requires
+    if up and not get_value(cfg, up.key):
+        raise ConfigError(f"{cfg.strategy_name} trains on a {up.strategy} checkpoint: give {up.key}=<checkpoint "
+                          f"directory of a {up.strategy} run>")
+    default = getattr(strategy_class(strategy).Config, "SEARCH_SPACE", {})
+    from_file = load_yaml(space_file) if space_file else None
+    if replace_space and not space_file:
+        raise ConfigError("--replace-space needs --space FILE.yaml")
+    specs = merge_specs(default, from_file, replace=replace_space)
+    pinned = [k for k in specs if any(o.split("=", 1)[0].strip() == k for o in overrides)]
+    for k in pinned:  # a key=value override fixes a searched key
+        specs.pop(k)
+    space = parse_space(specs)
+    check_space(space, cfg)
+    cfg.train.progress = progress
+    return Search(cfg=cfg, space=space, n_trials=trials, study_name=study or default_study_name(cfg, space),
+                  storage_url=storage or default_storage(cfg), pruner=pruner, seed=seed, heartbeat=heartbeat,
+                  progress=progress, worker_index=worker_index, pinned=tuple(pinned))
+
+
+def make_objective(s: Search, study, parent_id: str, client):
+    """The Optuna objective: train the fixed config with the trial's sampled values as a child run
+    of `parent_id` (MLflow `client`); the final eval loss."""
+
+    def objective(trial) -> float:
+        trial.set_user_attr("s2s.worker", f"{socket.gethostname()}:{os.getpid()}")  # first: see _fail_orphans
+        trials = study.get_trials(deepcopy=False)
+        ahead = sum(1 for t in trials if t.state.name in BUDGET and t.number < trial.number)
+        if ahead >= s.n_trials:  # another worker took the last slot a moment before this trial was created
+            trial.set_user_attr("s2s.surplus", True)
+            raise _SurplusTrial(f"trial {trial.number} not run: the {s.n_trials} requested trials are taken")
+        cfg = copy.deepcopy(s.cfg)
+        values = {name: p.suggest(trial) for name, p in s.space.items()}
+        apply_params(cfg, values)
+        run_name = f"{s.study_name}/trial-{trial.number}"
+        cfg.tracking.run_name = run_name
+        max_steps = cfg.train.max_steps
+        retry_of = next(t for t in trials if t.number == trial.number).system_attrs.get("failed_trial")
+        state = {"run_id": None}
+
+        def on_eval(step: int, metrics: dict) -> None:
+            if state["run_id"] is None:  # the child run exists from the first evaluation (step 0) on
+                child = find_child_run(client, cfg.tracking.experiment, parent_id, run_name)
+                state["run_id"] = run_id = child.info.run_id if child else None
+                if run_id:
+                    trial.set_user_attr("mlflow_run_id", run_id)
+                    tags = {"s2s.study": s.study_name, "s2s.search": "trial", "s2s.trial": str(trial.number),
+                            "s2s.sampled": json.dumps(values, default=str)}
+                    if retry_of is not None:
+                        tags["s2s.retry_of_trial"] = str(retry_of)
+                    client.log_batch(run_id, params=[MlflowParam("optuna.trial_number", str(trial.number)),
+                                                     MlflowParam("optuna.study", s.study_name)],
+                                     tags=[RunTag(k, v) for k, v in tags.items()])
+            value = float(metrics[METRIC])
+            trial.report(value if math.isfinite(value) else float("inf"), step)
+            if (max_steps is None or step < max_steps) and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step}: {METRIC} {value:.4f} is worse than the median "
+                                         f"of finished trials" if s.pruner == "median" else
+                                         f"pruned at step {step} ({s.pruner}): {METRIC} {value:.4f}")
+
+        result = train(cfg, parent_run_id=parent_id, progress=s.progress, on_eval=on_eval)
+        trial.set_user_attr("mlflow_run_id", result["run_id"])
+        trial.set_user_attr("checkpoint", str(Path(result["checkpoint"]).resolve()))
+        return float(result["final_eval"][METRIC])
+
+    return objective
+
+
+def work(s: Search, study, objective, poll: float) -> None:
+    """Run trials until the study holds `n_trials` finished ones; wait for other workers' last trials
+    (a dead worker's trial goes stale, is re-queued and then run here)."""
+    while True:
+        fail_stale(study)
+        c = counts(study)
+        done = sum(c.get(k, 0) for k in FINISHED)
+        if done >= s.n_trials:
+            return
+        if c.get("WAITING", 0) or done + c.get("RUNNING", 0) < s.n_trials:
+            study.optimize(objective, n_trials=1, catch=(_SurplusTrial,), gc_after_trial=True)
+        else:
+            time.sleep(poll)
