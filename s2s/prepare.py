@@ -4,6 +4,10 @@ For every example the SNAC target codes (as flat Orpheus audio ids) and, optiona
 Whisper encoder states trimmed to the utterance are computed once (with a progress bar) and
 stored as safetensors under `cache.dir`, keyed by the example's content hash and the backbone's
 fingerprint. Later epochs and later runs read them back instead of recomputing.
+
+The cache always holds every SNAC frame of the target. `dedup_frames=True` (`data.dedup_frames`)
+drops repeated-c0 frames from what is READ, after the cache: deduplicated ids are never written, so
+a run with dedup and one without share the expensive SNAC pass and can never get each other's targets.
 """
 from __future__ import annotations
 
@@ -13,11 +17,12 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
 from s2s.backbones import FrozenCore, fingerprint
 from s2s.data.loader import Example
+from s2s.progress import progress_bar
 from s2s.tokens import codes_to_tokens
+from s2s.tokens import dedup_frames as _dedup_frames
 
 
 @dataclass
@@ -91,21 +96,26 @@ def _speech_states(chunk: list[Example], core: FrozenCore, states_dir: Path, ena
 
 
 def prepare(examples: list[Example], core: FrozenCore, cfg: CacheConfig, progress: bool = True,
-            desc: str = "prepare", encoder_batch: int = 16) -> list[PreparedExample]:
-    """Compute (or read from cache) target audio ids and, if configured, encoder states."""
+            desc: str = "prepare", encoder_batch: int = 16, dedup_frames: bool = False) -> list[PreparedExample]:
+    """Compute (or read from cache) target audio ids and, if configured, encoder states.
+
+    dedup_frames: drop target frames whose coarse code repeats the previous frame's
+    (:func:`s2s.tokens.dedup_frames`; pass `cfg.data.dedup_frames`), applied to the cached full ids.
+    """
     root = Path(cfg.dir)
     # Stored as Orpheus ids, which depend on the LLM's layout as well as on SNAC's codes.
     codes_dir = root / "snac" / fingerprint(core.cfg.snac) / f"audio-offset-{core.layout.audio_offset}"
     states_dir = root / "whisper" / fingerprint(core.cfg.whisper)
     out = []
-    bar = tqdm(total=len(examples), desc=desc, disable=not progress, unit="utt")
+    bar = progress_bar(total=len(examples), desc=desc, disable=not progress, unit="utt")
     for start in range(0, len(examples), encoder_batch):
         chunk = examples[start:start + encoder_batch]
         states = _speech_states(chunk, core, states_dir, cfg.enabled) if cfg.cache_speech_states else [None] * len(chunk)
         for ex, st in zip(chunk, states):
             codes = _cached(codes_dir / f"{ex.key}.safetensors", cfg.enabled,
                             lambda: {"tokens": codes_to_tokens(core.encode_codes(ex.target24k), core.layout)})
-            out.append(PreparedExample(ex.key, ex.text, ex.language, codes["tokens"], st,
+            tokens = _dedup_frames(codes["tokens"]) if dedup_frames else codes["tokens"]
+            out.append(PreparedExample(ex.key, ex.text, ex.language, tokens, st,
                                        None if st is not None else ex.wave16k))
         bar.update(len(chunk))
     bar.close()
