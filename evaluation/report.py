@@ -1,9 +1,12 @@
 """What `evaluation.score` leaves behind: the summary, a row per utterance, wavs, a plot, MLflow.
 
     <out>/summary.json      every figure, with the settings that produced it
-    <out>/utterances.csv    reference, transcripts, WER/CER, durations, token counts per utterance
+    <out>/utterances.csv    reference, transcripts, every metric (WER, CER, ...), durations, token counts
     <out>/wer.png           per-utterance WER of the generated speech next to the toplines
     <out>/wavs/NNN-<key>.wav  the generated speech (24 kHz)
+
+The metrics, their summary.json keys, csv columns, MLflow names and report columns all follow the
+specs in `evaluation.metrics.METRICS`: adding a metric does not touch this file.
 """
 from __future__ import annotations
 
@@ -13,6 +16,9 @@ import math
 import warnings
 from pathlib import Path
 
+from evaluation.metrics import AGGREGATIONS, score_texts, text_metrics
+from s2s.tracking import Run, TrackingConfig, TrackingError
+
 
 SYSTEMS = {"generated": "generated speech", "reference": "reference audio (topline)",
            "snac_roundtrip": "reference via SNAC (topline)"}
@@ -20,14 +26,18 @@ SYSTEMS = {"generated": "generated speech", "reference": "reference audio (topli
 
 def summarize(examples: list, generated: list[dict], hyps: dict[str, list[str]], normalizer: str,
               sample_rate: int) -> tuple[dict, list[dict]]:
-    """Corpus figures per system (generated, toplines) and one row per utterance."""
-    from evaluation.wer import score_corpus
+    """Figures per system (generated, toplines) for every text metric in METRICS, and one row per utterance.
 
-    refs = [e.text for e in examples]
-    per_system, scored = {}, {}
+    summary["asr_scores"][system] holds n and '<metric>_<aggregation>' (e.g. wer_pooled, wer_mean);
+    summary["metrics"] the specs, so that the report and MLflow names follow the registry.
+    """
+
+    metrics = text_metrics()  # read at call time: a metric added to METRICS shows up without edits here
+    refs, languages = [e.text for e in examples], [e.language for e in examples]
+    per_system, values = {}, {}
     for system, texts in hyps.items():
-        scored[system], corpus = score_corpus(refs, texts, normalizer)
-        per_system[system] = corpus.as_dict()
+        _, values[system], figures = score_texts(refs, texts, normalizer, languages, metrics)
+        per_system[system] = {"n": len(refs), **figures}
     rows = []
     for i, (e, g) in enumerate(zip(examples, generated)):
         row = {"index": i, "key": e.key, "language": e.language, "reference_text": e.text,
@@ -35,17 +45,18 @@ def summarize(examples: list, generated: list[dict], hyps: dict[str, list[str]],
                "reference_seconds": round(len(e.target24k) / 24000, 3),
                "generated_seconds": round(len(g["wave"]) / sample_rate, 3), "generated_tokens": g["tokens"],
                "stopped_at_end_of_speech": g["stopped"], "dropped_tokens": g["dropped_tokens"]}
-        for system, utts in scored.items():
-            row.update({f"{system}_hypothesis": hyps[system][i], f"{system}_wer": round(utts[i].wer, 4),
-                        f"{system}_cer": round(utts[i].cer, 4)})
+        for system, by_metric in values.items():
+            row[f"{system}_hypothesis"] = hyps[system][i]
+            row.update({f"{system}_{name}": round(float(v[i]), 4) for name, v in by_metric.items()})
         rows.append(row)
     summary = {"n": len(examples), "normalizer": normalizer, "asr_scores": per_system,
+               "metrics": {m.name: m.describe() for m in metrics},
                "generated_audio_seconds": sum(len(g["wave"]) for g in generated) / sample_rate,
                "stopped_fraction": sum(g["stopped"] for g in generated) / max(1, len(generated))}
     return summary, rows
 
 
-def _plot(path: Path, rows: list[dict], systems: list[str]) -> None:
+def _plot(path: Path, rows: list[dict], systems: list[str], normalizer: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -54,7 +65,7 @@ def _plot(path: Path, rows: list[dict], systems: list[str]) -> None:
     data = [[r[f"{s}_wer"] for r in rows] for s in systems]
     ax.boxplot(data, showmeans=True)
     ax.set_xticks(range(1, len(systems) + 1), [SYSTEMS[s].replace(" (topline)", "\n(topline)") for s in systems])
-    ax.set_ylabel("WER per utterance")
+    ax.set_ylabel(f"WER per utterance ({normalizer} normalizer)")
     ax.set_title(f"ASR-WER, {len(rows)} utterances (triangle: mean)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -77,7 +88,8 @@ def write_outputs(out_dir: Path, summary: dict, rows: list[dict], examples: list
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    _plot(out_dir / "wer.png", rows, list(summary["asr_scores"]))
+    if "wer" in summary["metrics"]:  # the plot is of WER only; other metrics are in the csv
+        _plot(out_dir / "wer.png", rows, list(summary["asr_scores"]), summary["normalizer"])
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str, ensure_ascii=False))
 
 
@@ -95,8 +107,6 @@ def scoring_run(meta: dict, cfg, checkpoint: Path):
     """The MLflow run the results go to, opened before any work (so an unreachable store fails
     first): the checkpoint's training run when its store still holds it (a `Run` opened by id is
     only looked at, its status never changes), else a new run (ends FAILED if scoring fails)."""
-    from s2s.tracking import Run, TrackingConfig, TrackingError
-
     run_id, uri = meta.get("mlflow_run_id"), meta.get("tracking_uri")
     stale_sqlite = bool(uri) and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file()
     if run_id and uri and not stale_sqlite:  # (MLflow would silently create an empty store at a stale path)
@@ -119,6 +129,23 @@ def log_results(run, summary: dict, out_dir: Path, step: int) -> None:
         warnings.warn(f"MLflow logging failed ({type(e).__name__}: {e}); the results are in {out_dir}", stacklevel=2)
 
 
+def _metric_table(summary: dict) -> list[str]:
+    """One block per metric spec in the summary: its label (with the text normalizer, for text
+    metrics), a column per aggregation, a row per system; then what each aggregation means."""
+    lines, used = [], []
+    for name, spec in summary["metrics"].items():
+        title = spec["label"] + (f" ({summary['normalizer']} normalizer)" if "text" in spec["needs"] else "")
+        better = "higher is better" if spec["higher_is_better"] else "lower is better"
+        lines.append(f"  {title:34s}" + "".join(f" {agg:>8s}" for agg in spec["aggregate"]) + f"  ({better})")
+        for system, scores in summary["asr_scores"].items():
+            lines.append(f"    {SYSTEMS.get(system, system):32s}"
+                         + "".join(f" {scores[f'{name}_{agg}']:8.3f}" for agg in spec["aggregate"]))
+        used += [agg for agg in spec["aggregate"] if agg not in used]
+    # The docstrings' first lines say what each column is (e.g. pooled = corpus-level).
+    lines += [f"  {AGGREGATIONS[agg].__doc__.splitlines()[0]}" for agg in used]
+    return lines
+
+
 def format_report(summary: dict, out_dir: Path) -> str:
     """The human-readable report the command prints."""
     lines = [f"checkpoint: {summary['checkpoint']}  ({summary['strategy']}, step {summary['step']}, "
@@ -133,10 +160,7 @@ def format_report(summary: dict, out_dir: Path) -> str:
     asr = summary["asr"]
     lines.append(f"ASR: {asr['backend']} ({asr['model'] or 'default'}), text normalizer '{summary['normalizer']}', "
                  f"{summary['n']} utterances")
-    lines.append(f"  {'':32s} {'WER corpus':>10s} {'WER mean':>9s} {'CER corpus':>10s} {'CER mean':>9s}")
-    for system, s in summary["asr_scores"].items():
-        lines.append(f"  {SYSTEMS[system]:32s} {s['wer_corpus']:10.3f} {s['wer_mean']:9.3f} {s['cer_corpus']:10.3f} "
-                     f"{s['cer_mean']:9.3f}")
+    lines += _metric_table(summary)
     lines.append(f"generation: {summary['generated_audio_seconds']:.1f} s of audio in "
                  f"{summary['generation_seconds']:.1f} s (real-time factor {summary['real_time_factor']:.2f}); "
                  f"{summary['stopped_fraction']:.0%} ended with end_of_speech")
