@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                                                    TopPLogitsWarper)
 
 from s2s.backbones import autocast
 from s2s.tokens import FRAME, tokens_to_codes
@@ -49,8 +51,6 @@ def allowed_ids(layout, position: int, vocab: int, device) -> torch.Tensor:
 
 
 def _processors(cfg: GenerationConfig) -> list:
-    from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
-                                                        TopPLogitsWarper)
     procs = []
     if cfg.repetition_penalty != 1.0:
         procs.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))

@@ -29,8 +29,8 @@ class Payload:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, synth_dataset, tiny_backbone_cfg, tiny_core, prepared_cache_dir):
     """(checkpoint dir, run id, tracking uri) of a 2-step adapter_stage1 run on the tiny preset."""
-    from experiments.config import build_config
-    from experiments.run import train
+    from s2s.experiment_config import build_config
+    from s2s.experiment import train
 
     root = tmp_path_factory.mktemp("score_mlflow")
     out = tmp_path_factory.mktemp("score_run") / "out"
@@ -83,7 +83,7 @@ def test_score_writes_summary_rows_wavs_and_report(scored):
     assert summary["checkpoint"].endswith("final")
     assert set(summary["asr_scores"]) == {"generated", "reference", "snac_roundtrip"}
     for scores in summary["asr_scores"].values():
-        assert {"wer_corpus", "wer_mean", "cer_corpus", "cer_mean"} <= set(scores)
+        assert {"wer_pooled", "wer_mean", "cer_pooled", "cer_mean"} <= set(scores)
         assert scores["n"] == 3
     assert {"eval/tf/loss", "eval/tf/acc_k0"} <= set(summary["teacher_forced"])
     rows = list(csv.DictReader(open(out / "utterances.csv", encoding="utf-8")))
@@ -94,7 +94,7 @@ def test_score_writes_summary_rows_wavs_and_report(scored):
         assert int(row["generated_tokens"]) <= 21 and row["reference_text"]
         assert float(row["generated_wer"]) >= 0
     assert (out / "wer.png").stat().st_size > 0
-    assert "reference via SNAC (topline)" in captured.out and "WER corpus" in captured.out
+    assert "reference via SNAC (topline)" in captured.out and "WER (whisper normalizer)" in captured.out
     assert "tiny preset: random backbones and a tiny random Whisper as ASR" in captured.out  # labelled honestly
 
 
@@ -109,10 +109,10 @@ def test_score_logs_eval_metrics_and_outputs_to_the_training_run(scored, trained
     _, out, _, _ = scored
     _, run_id, uri = trained
     client = MlflowClient(uri)
-    history = client.get_metric_history(run_id, "eval/asr/generated/wer_corpus")
+    history = client.get_metric_history(run_id, "eval/asr/generated/wer_pooled")
     assert [m.step for m in history] == [2]
     summary = json.loads((out / "summary.json").read_text())
-    assert history[0].value == pytest.approx(summary["asr_scores"]["generated"]["wer_corpus"])
+    assert history[0].value == pytest.approx(summary["asr_scores"]["generated"]["wer_pooled"])
     assert client.get_run(run_id).data.metrics["eval/tf/loss"] == pytest.approx(summary["teacher_forced"]["eval/tf/loss"])
     artifacts = [a.path for a in client.list_artifacts(run_id, f"eval/{out.name}")]
     assert f"eval/{out.name}/summary.json" in artifacts and f"eval/{out.name}/utterances.csv" in artifacts
@@ -131,7 +131,7 @@ def test_a_pickle_file_is_refused_without_running_its_payload(tmp_path, capsys):
     evil = tmp_path / "ckpt.pt"
     torch.save({"state": Payload(marker)}, evil)
     code, err = run_score([str(evil)], capsys)
-    assert code == 1 and "not an s2s checkpoint" in err and "Traceback" not in err
+    assert code == 2 and "not an s2s checkpoint" in err and "Traceback" not in err
     assert not marker.exists()
 
 
@@ -141,7 +141,7 @@ def test_a_pickle_disguised_as_safetensors_is_refused(trained, tmp_path, capsys)
     shutil.copytree(trained[0], bad)
     (bad / "model.safetensors").write_bytes(pickle.dumps(Payload(marker)))
     code, err = run_score([str(bad)], capsys)
-    assert code == 1 and "model.safetensors" in err and "safetensors" in err
+    assert code == 2 and "model.safetensors" in err and "safetensors" in err
     assert not marker.exists()
 
 
@@ -151,7 +151,7 @@ def test_truncated_weights_are_a_clear_error(trained, tmp_path, capsys):
     data = (bad / "model.safetensors").read_bytes()
     (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
     code, err = run_score([str(bad)], capsys)
-    assert code == 1 and "damaged" in err
+    assert code == 2 and "damaged" in err
 
 
 def _edit_meta(src, dst, edit):
@@ -165,24 +165,24 @@ def _edit_meta(src, dst, edit):
 def test_unknown_strategy_names_the_available_ones(trained, tmp_path, capsys):
     bad = _edit_meta(trained[0], tmp_path / "final", lambda m: m["config"].update(strategy_name="adapter_stage2"))
     code, err = run_score([str(bad)], capsys)
-    assert code == 1 and "unknown strategy 'adapter_stage2'" in err and "adapter_stage1" in err
+    assert code == 2 and "unknown strategy 'adapter_stage2'" in err and "adapter_stage1" in err
 
 
 def test_weights_of_another_strategy_are_refused(trained, tmp_path, capsys):
-    from experiments.config import as_dict, build_config
+    from s2s.experiment_config import as_dict, build_config
 
     def as_istlm(meta):  # a coherent istlm config (same backbones and data) over adapter_stage1 weights
         istlm = as_dict(build_config("istlm_interleaved", "tiny"))
         meta["config"] = {**meta["config"], "strategy_name": "istlm_interleaved", "strategy": istlm["strategy"]}
     bad = _edit_meta(trained[0], tmp_path / "final", as_istlm)
     code, err = run_score([str(bad)], capsys)
-    assert code == 1 and "does not fit strategy 'istlm_interleaved'" in err and "unexpected ['expansion." in err
+    assert code == 2 and "does not fit strategy 'istlm_interleaved'" in err and "unexpected ['expansion." in err
 
 
 def test_a_config_that_does_not_fit_its_strategy_is_named(trained, tmp_path, capsys):
     bad = _edit_meta(trained[0], tmp_path / "final", lambda m: m["config"].update(strategy_name="istlm_interleaved"))
     code, err = run_score([str(bad)], capsys)
-    assert code == 1 and "config in meta.json cannot be rebuilt" in err and "strategy.expansion_width" in err
+    assert code == 2 and "config in meta.json cannot be rebuilt" in err and "strategy.expansion_width" in err
 
 
 def test_mis_shaped_tensor_names_expected_and_found(trained, tmp_path, capsys):
@@ -195,36 +195,36 @@ def test_mis_shaped_tensor_names_expected_and_found(trained, tmp_path, capsys):
     weights[name] = weights[name][:, :-5].contiguous()
     save_file(weights, str(bad / "model.safetensors"))
     code, err = run_score([str(bad)], capsys)
-    assert code == 1 and name in err and "checkpoint (" in err and "vs model (" in err
+    assert code == 2 and name in err and "checkpoint (" in err and "vs model (" in err
     del weights[name]
     save_file(weights, str(bad / "model.safetensors"))
     code, err = run_score([str(bad)], capsys)
-    assert code == 1 and f"missing ['{name}']" in err
+    assert code == 2 and f"missing ['{name}']" in err
 
 
 def test_override_typo_suggests_a_key_of_either_config(trained, capsys):
     code, err = run_score([str(trained[0]), "generation.temprature=0"], capsys)
-    assert code == 1 and "generation.temperature" in err
+    assert code == 2 and "generation.temperature" in err
     code, err = run_score([str(trained[0]), "data.eval_sise=3"], capsys)
-    assert code == 1 and "data.eval_size" in err
+    assert code == 2 and "data.eval_size" in err
 
 
 def test_unknown_asr_backend_is_a_clear_error(trained, capsys):
     code, err = run_score([str(trained[0]), "--asr", "whisperx", "--n", "1", "generation.max_new_tokens=7"], capsys)
-    assert code == 1 and "unknown ASR backend 'whisperx'" in err and "whisper" in err
+    assert code == 2 and "unknown ASR backend 'whisperx'" in err and "whisper" in err
 
 
 def test_an_unreachable_store_fails_before_any_generation(trained, tmp_path, capsys):
     bad = _edit_meta(trained[0], tmp_path / "final", lambda m: m.update(mlflow_run_id="0" * 32))  # run not there
     out = tmp_path / "report"
     code, err = run_score([str(bad), "tracking.uri=http://127.0.0.1:9", "--out", str(out)], capsys)
-    assert code == 1 and "http://127.0.0.1:9" in err and "Traceback" not in err
+    assert code == 2 and "http://127.0.0.1:9" in err and "Traceback" not in err
     assert not out.exists()  # nothing was generated
 
 
 def test_a_missing_data_source_is_named(trained, tmp_path, capsys):
     code, err = run_score([str(trained[0]), "--data", str(tmp_path / "nowhere")], capsys)
-    assert code == 1 and str(tmp_path / "nowhere") in err and "Traceback" not in err
+    assert code == 2 and str(tmp_path / "nowhere") in err and "Traceback" not in err
 
 
 def test_a_gatefusion_checkpoint_loads_without_its_stage1_checkpoint(trained, tmp_path, synth_dataset,
@@ -232,8 +232,8 @@ def test_a_gatefusion_checkpoint_loads_without_its_stage1_checkpoint(trained, tm
     """Its weights hold stage 1 and its meta stage 1's architecture: init_from may be gone."""
     from safetensors.torch import load_file
 
-    from experiments.config import build_config
-    from experiments.run import load_trained, train
+    from s2s.experiment_config import build_config
+    from s2s.experiment import load_trained, train
 
     stage1 = tmp_path / "stage1"
     shutil.copytree(trained[0], stage1)
@@ -252,7 +252,7 @@ def test_a_gatefusion_checkpoint_loads_without_its_stage1_checkpoint(trained, tm
 def test_toplines_transcribe_the_reference_and_its_snac_round_trip(synth_examples, prepared_items, tiny_core):
     """With an ASR that 'transcribes' a wave as its length and language, each system gets its own audio:
     the generated wave, the reference, and the reference's SNAC codes decoded (whole 2048-sample frames)."""
-    from evaluation.score import ScoreConfig, transcripts
+    from evaluation.scoring import ScoreConfig, transcripts
     from s2s.tokens import codes_to_tokens
 
     class LengthASR:
