@@ -1,5 +1,6 @@
-"""`experiments.compare` end to end on the tiny preset: the report, the plot, the MLflow parent/child
-runs, reuse of finished runs, and the gatefusion_stage2 prerequisite check."""
+"""`experiments.compare` end to end on the tiny preset: the report (losses, ASR-WER/CER, toplines, the card's
+figures), the plot, the MLflow parent/child runs with the scores on the children, reuse of finished runs
+and of their scores, a staged strategy's whole step budget, and the upstream-stage check."""
 
 import json
 import math
@@ -10,6 +11,7 @@ import pytest
 from experiments.compare import main
 
 STRATEGIES = ["adapter_stage1", "istlm_interleaved"]
+SCORE = ["--score", "2", "score.generation.max_new_tokens=21", "score.generation.batch_size=2"]
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +37,10 @@ def setup(env, tmp_path_factory, synth_dataset, tiny_backbone_cfg, tiny_core, pr
     return root, overrides, f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
 
 
-def compare(setup, report: str, *extra: str) -> int:
+def compare(setup, report: str, *extra: str, strategies=STRATEGIES, seeds: int = 2) -> int:
     root, overrides, _ = setup
-    return main([*STRATEGIES, *overrides, *extra, "--seeds", "2", "--out", str(root / report), "--no-progress"])
+    return main([*strategies, *overrides, *extra, "--seeds", str(seeds), "--out", str(root / report),
+                 "--no-progress"])
 
 
 def runs(uri):
@@ -48,10 +51,23 @@ def runs(uri):
     return client, client.search_runs([exp.experiment_id], max_results=1000)
 
 
+def cells_of(text: str, label: str) -> dict[str, str]:
+    """The report row whose first cell is `label`, keyed by the table's headers."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    (row,) = [line for line in lines if line.split("|")[1].strip() == label]
+    return dict(zip(head, (c.strip() for c in row.strip("|").split("|"))))
+
+
+def mean_std(cell: str) -> tuple[float, float]:
+    mean, std = (float(v) for v in cell.split("±"))
+    return mean, std
+
+
 @pytest.fixture(scope="module")
 def first(setup):
     root, _, uri = setup
-    assert compare(setup, "report") == 0
+    assert compare(setup, "report", *SCORE) == 0
     _, all_runs = runs(uri)
     return root / "report", all_runs
 
@@ -59,26 +75,87 @@ def first(setup):
 def test_report_table(first):
     report, _ = first
     text = (report / "comparison.md").read_text()
-    lines = text.splitlines()
     results = json.loads((report / "results.json").read_text())
     for name in STRATEGIES:
-        row = [line for line in lines if line.startswith(f"| {name} |")]
-        assert len(row) == 1, name
-        cells = [c.strip() for c in row[0].strip("|").split("|")]
-        assert sum("±" in c for c in cells) >= 5  # train, eval, shuffled, gap, gap k0, acc: mean ± std
+        cells = cells_of(text, name)
+        assert sum("±" in c for c in cells.values()) >= 8  # losses, gaps, acc, ASR-WER, CER: mean ± std
         rs = [r for r in results if r["strategy"] == name]
-        for column, key in ((1, "train_nll"), (2, "eval_loss"), (3, "shuffled_loss")):  # mean ± std over seeds
-            mean, std = (float(v) for v in cells[column].split("±"))
+        for column, key in (("train loss", "train_nll"), ("eval loss", "eval_loss"),
+                            ("eval loss, shuffled audio", "shuffled_loss")):  # mean ± std over seeds
+            mean, std = mean_std(cells[column])
             values = [r[key] for r in rs]
             assert len(values) == 2 and all(math.isfinite(v) and v > 0 for v in values)
             assert mean == pytest.approx(statistics.mean(values), abs=1e-4)
             assert std == pytest.approx(statistics.stdev(values), abs=1e-4)
         assert rs[0]["eval_loss"] != rs[1]["eval_loss"]  # two seeds, two different models
-    reported = [line for line in lines if "reported" in line]
+        assert cells["optimizer steps (total)"] == "2"  # a single-stage strategy: its own steps
+    reported = [line for line in text.splitlines() if "(reported" in line]
     assert len(reported) == 2
     assert any("18.68" in line for line in reported) and any("23.94" in line for line in reported)
-    assert "ln(156940)" in text and "nats per target token" in text
-    assert "2 seed(s), 2 optimizer steps" in text
+    assert "nats per target token" in text and "2 seed(s), 2 optimizer steps each" in text
+
+
+def test_the_note_on_the_card_figures(first):
+    text = (first[0] / "comparison.md").read_text()
+    assert "cannot be per-token" not in text
+    assert "normalization is unknown" in text and "no upper bound" in text
+    assert "holds only if the logged loss excluded label smoothing" in text
+    assert "0.1·ln(156940) = 1.20 per token" in text and "18.68/16 = 1.17" in text
+
+
+def test_asr_wer_and_cer_columns_hold_numbers(first):
+    report, _ = first
+    text = (report / "comparison.md").read_text()
+    results = json.loads((report / "results.json").read_text())
+    for name in STRATEGIES:
+        cells = cells_of(text, name)
+        rs = [r for r in results if r["strategy"] == name]
+        for column, figure in (("ASR-WER", "wer_pooled"), ("CER", "cer_pooled")):
+            mean, std = mean_std(cells[column])
+            values = [r["scores"][figure] for r in rs]
+            assert all(math.isfinite(v) and v >= 0 for v in values)
+            assert mean == pytest.approx(statistics.mean(values), abs=1e-4)
+            assert std == pytest.approx(statistics.stdev(values), abs=1e-4)
+        assert all(r["scores"]["n"] == 2 for r in rs)  # the same 2 utterances for every run
+    assert "on the first 2 eval utterances" in text and "generated greedily" in text
+    # the tiny preset says plainly what its figures are worth
+    assert "Tiny preset" in text and "random weights" in text and "say nothing about the methods" in text
+
+
+def test_toplines_are_rows_computed_once(first):
+    report, _ = first
+    text = (report / "comparison.md").read_text()
+    toplines = json.loads((report / "toplines.json").read_text())
+    assert sorted(t["system"] for t in toplines) == ["reference", "snac_roundtrip"]
+    for label in ("reference audio (topline)", "reference via SNAC (topline)"):
+        cells = cells_of(text, label)
+        wer, cer = float(cells["ASR-WER"]), float(cells["CER"])
+        assert math.isfinite(wer) and wer >= 0 and math.isfinite(cer) and cer >= 0
+        assert cells["eval loss"] == ""  # a property of the data, codec and ASR: no training figures
+    # scored once, from the first run: only it wrote topline transcripts
+    scored = sorted(p.name for p in (report / "scores").iterdir())
+    assert scored == [f"{n}-seed{s}" for n in STRATEGIES for s in (0, 1)]
+    with_toplines = [d for d in scored
+                     if "reference" in json.loads((report / "scores" / d / "summary.json").read_text())["asr_scores"]]
+    assert with_toplines == ["adapter_stage1-seed0"]
+
+
+def test_scores_are_logged_to_the_child_runs(first, setup):
+    report, _ = first
+    client, all_runs = runs(setup[2])
+    results = json.loads((report / "results.json").read_text())
+    for r in results:
+        run = client.get_run(r["run_id"])
+        assert run.data.metrics["eval/asr/generated/wer_pooled"] == pytest.approx(r["scores"]["wer_pooled"])
+        assert run.data.metrics["eval/asr/generated/cer_pooled"] == pytest.approx(r["scores"]["cer_pooled"])
+        history = client.get_metric_history(r["run_id"], "eval/asr/generated/wer_pooled")
+        assert [m.step for m in history] == [2]  # at the checkpoint's step, beside the losses
+        assert "eval/loss" in run.data.metrics and run.info.status == "FINISHED"
+        has_toplines = "eval/asr/reference/wer_pooled" in run.data.metrics
+        assert has_toplines == (r["strategy"] == "adapter_stage1" and r["seed"] == 0)
+    (parent,) = [r for r in all_runs if "s2s.compare" in r.data.tags]
+    assert "istlm_interleaved/wer_pooled_mean" in parent.data.metrics
+    assert "topline/snac_roundtrip/wer_pooled" in parent.data.metrics
 
 
 def test_report_plot_and_json(first, setup):
@@ -90,6 +167,7 @@ def test_report_plot_and_json(first, setup):
     for r in results:
         assert [step for step, _ in r["history"]] == [0, 1, 2]  # eval every step
         assert r["history"][-1][1] == pytest.approx(r["eval_loss"], rel=1e-5)  # the final checkpoint's eval
+        assert r["steps"] == r["total_steps"] == 2 and len(r["budget"]) == 1
     # every run has its own checkpoint, holding its own strategy
     assert len({r["checkpoint"] for r in results}) == 4
     assert all(r["checkpoint"].startswith(str(setup[0] / "checkpoints")) for r in results)  # in the chosen folder
@@ -112,14 +190,16 @@ def test_mlflow_parent_and_children(first, setup):
     assert all(c.info.status == "FINISHED" for c in children)
     client, _ = runs(setup[2])
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"comparison.md", "eval_loss.png", "results.json"} <= artifacts
+    assert {"comparison.md", "eval_loss.png", "results.json", "toplines.json"} <= artifacts
     assert "adapter_stage1/eval_loss_mean" in parent.data.metrics
 
 
-def test_second_identical_compare_reuses_finished_runs(first, setup):
+def test_second_identical_compare_reuses_finished_runs_and_their_scores(first, setup, capsys):
     report, before = first
     _, _, uri = setup
-    assert compare(setup, "report2") == 0
+    capsys.readouterr()
+    assert compare(setup, "report2", *SCORE) == 0
+    assert capsys.readouterr().out.count("reusing the scores of run") == 4
     _, after = runs(uri)
     new = {r.info.run_id for r in after} - {r.info.run_id for r in before}
     assert len(new) == 1  # only the new parent run: no child was trained again
@@ -135,6 +215,41 @@ def test_second_identical_compare_reuses_finished_runs(first, setup):
         assert r["run_id"] == o["run_id"] and r["checkpoint"] == o["checkpoint"]
         assert r["eval_loss"] == pytest.approx(o["eval_loss"], abs=1e-5)
         assert r["shuffled_loss"] == pytest.approx(o["shuffled_loss"], abs=1e-5)
+        assert r["scores"] == o["scores"]  # scored before with the same settings: not scored again
+    assert not (report.parent / "report2" / "scores").exists()
+    text = (report.parent / "report2" / "comparison.md").read_text()
+    assert cells_of(text, "reference audio (topline)")["ASR-WER"] == \
+        cells_of((report / "comparison.md").read_text(), "reference audio (topline)")["ASR-WER"]
+
+
+def test_scoring_off_says_so(first, setup):
+    root = setup[0]
+    assert compare(setup, "report_noscore", "--score", "0", strategies=["istlm_interleaved"], seeds=1) == 0
+    text = (root / "report_noscore" / "comparison.md").read_text()
+    assert cells_of(text, "istlm_interleaved")["ASR-WER"] == "not scored"
+    assert "topline" not in text and not (root / "report_noscore" / "toplines.json").exists()
+
+
+def test_a_staged_strategy_states_its_whole_budget(first, setup):
+    """gatefusion_stage2 trains 3 steps on top of the same seed's 2-step adapter_stage1 run (reused)."""
+    root = setup[0]
+    assert compare(setup, "report_staged", "--score", "0", "gatefusion_stage2:train.max_steps=3",
+                   strategies=["adapter_stage1", "gatefusion_stage2"], seeds=1) == 0
+    text = (root / "report_staged" / "comparison.md").read_text()
+    assert cells_of(text, "adapter_stage1")["optimizer steps (total)"] == "2"
+    assert cells_of(text, "gatefusion_stage2")["optimizer steps (total)"] == "5 (3 here + 2 of adapter_stage1)"
+    assert "the steps column gives the whole budget" in text
+    (stage2,) = [r for r in json.loads((root / "report_staged" / "results.json").read_text())
+                 if r["strategy"] == "gatefusion_stage2"]
+    stage1 = json.loads((root / "report" / "results.json").read_text())[0]
+    assert stage1["strategy"] == "adapter_stage1" and stage1["seed"] == 0
+    assert stage2["total_steps"] == 5 and stage2["budget"][1]["checkpoint"] == stage1["checkpoint"]
+    # init_from given by the user: the stage-1 checkpoint's meta.json gives its steps
+    assert compare(setup, "report_given", "--score", "0", "gatefusion_stage2:train.max_steps=3",
+                   f"gatefusion_stage2:strategy.init_from={stage1['checkpoint']}",
+                   strategies=["gatefusion_stage2"], seeds=1) == 0
+    text = (root / "report_given" / "comparison.md").read_text()
+    assert cells_of(text, "gatefusion_stage2")["optimizer steps (total)"] == "5 (3 here + 2 of adapter_stage1)"
 
 
 def test_gatefusion_without_stage1_or_init_from_exits_2(setup, capsys, tmp_path):
@@ -142,5 +257,15 @@ def test_gatefusion_without_stage1_or_init_from_exits_2(setup, capsys, tmp_path)
     rc = main(["gatefusion_stage2", "istlm_interleaved", *overrides, "--out", str(tmp_path / "r"), "--no-progress"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "gatefusion_stage2 needs strategy.init_from" in err and "adapter_stage1" in err
+    assert "gatefusion_stage2 trains on top of a checkpoint of adapter_stage1" in err
+    assert "gatefusion_stage2:strategy.init_from=" in err
     assert not (tmp_path / "r").exists()  # it stopped before training or writing anything
+
+
+def test_bad_score_settings_exit_2_before_anything_runs(setup, capsys, tmp_path):
+    root, overrides, _ = setup
+    rc = main(["istlm_interleaved", *overrides, "score.generation.temprature=0", "--out", str(tmp_path / "r"),
+               "--no-progress"])
+    assert rc == 2
+    assert "generation.temperature" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
