@@ -15,6 +15,18 @@ from __future__ import annotations
 import pytest
 
 
+def short_run(synth_dataset, backbones, cache_dir, tracking_root, out_dir, **extra) -> list[str]:
+    """key=value overrides for a short tiny run on the test data and backbones, with its store and
+    checkpoints under the given folders; `extra` ({"train.max_steps": 4, ...}) adds or replaces keys."""
+    values = {
+        "tracking.root": tracking_root, "data.sources": f"[{synth_dataset}]", "data.eval_size": 4,
+        "synth_if_missing": 0, "backbones.whisper": backbones.whisper, "backbones.orpheus": backbones.orpheus,
+        "backbones.snac": backbones.snac, "backbones.device": "cpu", "cache.dir": cache_dir,
+        "train.max_steps": 3, "train.eval_every": 1, "train.batch_size": 2, "train.out_dir": out_dir, **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("tiny_backbones")

@@ -8,6 +8,8 @@ import statistics
 
 import pytest
 
+from tests.core_fixtures import short_run
+
 from experiments.compare import main
 
 STRATEGIES = ["adapter_stage1", "istlm_interleaved"]
@@ -26,14 +28,9 @@ def env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def setup(env, tmp_path_factory, synth_dataset, tiny_backbone_cfg, tiny_core, prepared_cache_dir):
     root = tmp_path_factory.mktemp("compare")
-    values = {
-        "tracking.root": root / "mlruns", "data.sources": f"[{synth_dataset}]", "data.eval_size": 4,
-        "synth_if_missing": 0, "backbones.whisper": tiny_backbone_cfg.whisper,
-        "backbones.orpheus": tiny_backbone_cfg.orpheus, "backbones.snac": tiny_backbone_cfg.snac,
-        "backbones.device": "cpu", "cache.dir": prepared_cache_dir, "train.max_steps": 2, "train.eval_every": 1,
-        "train.batch_size": 2, "train.out_dir": root / "checkpoints",  # one folder for all runs: each needs its own
-    }
-    overrides = [f"{k}={v}" for k, v in values.items()]
+    # One checkpoint folder for all runs: each needs its own inside it.
+    overrides = short_run(synth_dataset, tiny_backbone_cfg, prepared_cache_dir, root / "mlruns", root / "checkpoints",
+                          **{"train.max_steps": 2})
     return root, overrides, f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
 
 

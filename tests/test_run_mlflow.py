@@ -4,6 +4,8 @@ import json
 import re
 
 import pytest
+
+from tests.core_fixtures import short_run
 import yaml
 
 from s2s.experiment_config import build_config
@@ -11,14 +13,8 @@ from s2s.experiment import train
 
 
 def overrides(synth_dataset, tiny_backbone_cfg, cache_dir, root, out_dir, **extra):
-    values = {
-        "tracking.root": root, "data.sources": str(synth_dataset), "data.eval_size": 4, "synth_if_missing": 0,
-        "backbones.whisper": tiny_backbone_cfg.whisper, "backbones.orpheus": tiny_backbone_cfg.orpheus,
-        "backbones.snac": tiny_backbone_cfg.snac, "backbones.device": "cpu", "cache.dir": cache_dir,
-        "train.max_steps": 3, "train.eval_every": 2, "train.batch_size": 2, "train.out_dir": out_dir,
-        "train.progress": "false", **extra,
-    }
-    return [f"{k}={v}" for k, v in values.items()]
+    return short_run(synth_dataset, tiny_backbone_cfg, cache_dir, root, out_dir,
+                     **{"train.eval_every": 2, "train.progress": "false", **extra})
 
 
 @pytest.fixture(scope="module")

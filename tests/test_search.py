@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.core_fixtures import short_run
 import yaml
 
 from experiments import search
@@ -168,13 +170,8 @@ def env(monkeypatch, tmp_path, synth_dataset, tiny_backbone_cfg, prepared_items,
 
 def _env(tmp_path, synth_dataset, tiny_backbone_cfg, prepared_cache_dir) -> dict:
     root = tmp_path / "mlruns"
-    values = {
-        "tracking.root": root, "data.sources": str(synth_dataset), "data.eval_size": 4, "synth_if_missing": 0,
-        "backbones.whisper": tiny_backbone_cfg.whisper, "backbones.orpheus": tiny_backbone_cfg.orpheus,
-        "backbones.snac": tiny_backbone_cfg.snac, "backbones.device": "cpu", "cache.dir": prepared_cache_dir,
-        "train.max_steps": 3, "train.eval_every": 1, "train.batch_size": 2, "train.out_dir": tmp_path / "out",
-    }
-    return {"overrides": [f"{k}={v}" for k, v in values.items()], "root": root,
+    overrides = short_run(synth_dataset, tiny_backbone_cfg, prepared_cache_dir, root, tmp_path / "out")
+    return {"overrides": overrides, "root": root,
             "storage": f"sqlite:///{root / 'optuna.db'}", "tracking": f"sqlite:///{root / 'mlflow.db'}"}
 
 

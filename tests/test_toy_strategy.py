@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 
 import pytest
+
+from tests.core_fixtures import short_run
 import torch
 
 import tests.test_ablation as ablation
@@ -36,19 +38,14 @@ def env(toy, tmp_path_factory, synth_dataset, tiny_backbone_cfg, tiny_core, prep
     """Overrides for short runs with everything under a tmp dir (also the working directory, so that
     nothing lands in the repo); no MLFLOW_TRACKING_URI from outside; one torch thread."""
     root = tmp_path_factory.mktemp("toy")
-    values = {
-        "tracking.root": root / "mlruns", "data.sources": f"[{synth_dataset}]", "data.eval_size": 4,
-        "synth_if_missing": 0, "backbones.whisper": tiny_backbone_cfg.whisper,
-        "backbones.orpheus": tiny_backbone_cfg.orpheus, "backbones.snac": tiny_backbone_cfg.snac,
-        "backbones.device": "cpu", "cache.dir": prepared_cache_dir, "train.max_steps": 4, "train.eval_every": 2,
-        "train.batch_size": 2, "train.eval_batch_size": 4, "train.out_dir": root / "out",
-    }
+    overrides = short_run(synth_dataset, tiny_backbone_cfg, prepared_cache_dir, root / "mlruns", root / "out",
+                          **{"train.max_steps": 4, "train.eval_every": 2, "train.eval_batch_size": 4})
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.chdir(root)
         torch.set_num_threads(1)
-        yield {"root": root, "overrides": [f"{k}={v}" for k, v in values.items()],
+        yield {"root": root, "overrides": overrides,
                "tracking": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"}
         torch.set_num_threads(threads)
 
