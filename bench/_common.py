@@ -9,6 +9,10 @@ from pathlib import Path
 
 import torch
 
+from s2s.data.loader import load_examples
+from s2s.data.synth import synthesize_dataset
+from s2s.experiment_config import build_config
+
 BENCH_CACHE = Path(".cache/bench")
 # Enough utterances for 64 training items plus a small held-out eval split.
 SYNTH_N = 72
@@ -19,7 +23,6 @@ def ensure_dataset(n: int = SYNTH_N, seed: int = 0) -> Path:
     """A synthesized es/it dataset under .cache/bench (built once with espeak-ng)."""
     path = BENCH_CACHE / f"synth-n{n}-seed{seed}"
     if not (path / "dataset_info.json").exists():
-        from s2s.data.synth import synthesize_dataset
         print(f"building the benchmark dataset {path} ({n} utterances, once) ...", flush=True)
         synthesize_dataset(path, langs=["es", "it"], n=n, seed=seed, progress=False)
     return path
@@ -31,8 +34,6 @@ def tiny_config(max_train: int, extra: list[str] = ()):
     The tiny backbones are the preset's (same builder, same seeds) but live in .cache/bench/tiny,
     so a benchmark never races another process that rebuilds or removes .cache/s2s/tiny.
     """
-    from s2s.experiment_config import build_config
-
     data = ensure_dataset()
     tiny = BENCH_CACHE / "tiny"
     overrides = [f"data.sources=[{data}]", f"data.eval_size={EVAL_SIZE}", f"data.max_samples={max_train}",
@@ -42,7 +43,6 @@ def tiny_config(max_train: int, extra: list[str] = ()):
 
 
 def load_train_examples(cfg) -> list:
-    from s2s.data.loader import load_examples
     return load_examples(cfg.data, "train", progress=False)
 
 

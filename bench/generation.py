@@ -23,14 +23,14 @@ import time
 import torch
 
 from bench._common import add_threads_arg, apply_threads, header, loadavg, tiny_config
+from s2s.backbones import FrozenCore
+from s2s.data.loader import load_examples
+from s2s.experiment import build_strategy
+from s2s.generate import GenerationConfig, generate, tokens_to_audio
+from s2s.prepare import CacheConfig, make_batch, prepare
 
 
 def setup(batch_size: int):
-    from s2s.experiment import build_strategy
-    from s2s.backbones import FrozenCore
-    from s2s.data.loader import load_examples
-    from s2s.prepare import CacheConfig, make_batch, prepare
-
     cfg = tiny_config(max_train=8, extra=["cache.dir=.cache/bench/prepared"])
     core = FrozenCore(cfg.backbones)
     examples = load_examples(cfg.data, "eval", progress=False)[:batch_size]
@@ -49,8 +49,6 @@ def timed(fn):
 
 
 def main(argv=None) -> int:
-    from s2s.generate import GenerationConfig, generate, tokens_to_audio
-
     parser = argparse.ArgumentParser(prog="python -m bench.generation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_threads_arg(parser)

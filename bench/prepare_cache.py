@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 
 from bench._common import add_threads_arg, apply_threads, header, load_train_examples, loadavg, tiny_config
+from s2s.backbones import FrozenCore
+from s2s.prepare import CacheConfig, make_batch, prepare
 
 TARGET = 3.0
 
 
 def epoch(examples, core, cache_cfg, batch_size: int):
-    from s2s.prepare import make_batch, prepare
     items = prepare(examples, core, cache_cfg, progress=False)
     return [make_batch(items[i:i + batch_size], core) for i in range(0, len(items), batch_size)]
 
@@ -46,9 +47,6 @@ def main(argv=None) -> int:
     repeats = args.repeats or (2 if args.quick else 3)
 
     header("prepared cache vs recomputing SNAC codes + Whisper states (tiny preset)")
-    from s2s.backbones import FrozenCore
-    from s2s.prepare import CacheConfig
-
     cfg = tiny_config(n_items)
     examples = load_train_examples(cfg)
     core = FrozenCore(cfg.backbones)

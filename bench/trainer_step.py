@@ -25,14 +25,18 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
 
 from bench._common import add_threads_arg, apply_threads, header, load_train_examples, loadavg, tiny_config
+from s2s.backbones import FrozenCore
+from s2s.experiment import build_strategy
+from s2s.prepare import CacheConfig, make_batch, prepare
+from s2s.trainer import Trainer, lr_lambda
 
 TARGET = 1.10
 
 
 def build_model(cfg, core, seed: int):
-    from s2s.experiment import build_strategy
     torch.manual_seed(seed)
     return build_strategy(cfg, core)
 
@@ -41,7 +45,6 @@ class BareLoop:
     """The minimal training step the trainer is measured against."""
 
     def __init__(self, model, tcfg, total_steps: int):
-        from s2s.trainer import lr_lambda
         self.model, self.cfg = model, tcfg
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
@@ -75,10 +78,6 @@ def main(argv=None) -> int:
     warm = args.warmup if args.warmup is not None else (2 if args.quick else 3)
 
     header("trainer step vs bare PyTorch loop (tiny preset, adapter_stage1)")
-    from s2s.backbones import FrozenCore
-    from s2s.prepare import CacheConfig, make_batch, prepare
-    from s2s.trainer import Trainer
-
     cfg = tiny_config(n_batches * 8, ["train.batch_size=8"])
     cfg.train.grad_accum = 1
     t0 = time.perf_counter()
@@ -140,7 +139,6 @@ def main(argv=None) -> int:
           f"target <= {TARGET:.2f}: {'MET' if ratio <= TARGET else 'MISSED'}")
 
     if args.profile:
-        from torch.profiler import ProfilerActivity, profile
         for name, fn in (("trainer", a_step), ("bare", b_step)):
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for b in batches[:4]:

@@ -12,15 +12,24 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from huggingface_hub import hf_hub_download
+from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperFeatureExtractor, WhisperModel
+
+with warnings.catch_warnings():  # snac's import calls the deprecated torch.jit.script: keep that off every CLI's output
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    from snac import SNAC
 
 from s2s.errors import UserError
+from s2s.tiny import ensure_tiny_backbones
 from s2s.tokens import TokenLayout
 
 WHISPER_FRAME_SAMPLES = 320  # 16 kHz, hop 160, conv stride 2 -> one encoder state per 20 ms
@@ -86,13 +95,10 @@ def _from_pretrained(kind: str, loader, source: str, **kwargs):
 
 def load_snac(source: str):
     """SNAC from a hub id or a directory with config.json + pytorch_model.bin."""
-    from snac import SNAC
-
     def _load(src):
         if os.path.isdir(src):
             config_path, weights_path = Path(src, "config.json"), Path(src, "pytorch_model.bin")
         else:
-            from huggingface_hub import hf_hub_download
             config_path = hf_hub_download(src, "config.json")
             weights_path = hf_hub_download(src, "pytorch_model.bin")
         model = SNAC(**json.loads(Path(config_path).read_text()))
@@ -123,11 +129,8 @@ class FrozenCore:
     """
 
     def __init__(self, cfg: BackboneConfig):
-        from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperFeatureExtractor, WhisperModel
-
         self.cfg = cfg
         if cfg.build_tiny:
-            from s2s.tiny import ensure_tiny_backbones
             ensure_tiny_backbones(cfg.whisper, cfg.orpheus, cfg.snac)
         self.device, self.dtype = _device_and_dtype(cfg)
 
@@ -223,7 +226,6 @@ class FrozenCore:
     @functools.cached_property
     def _cache_keyword(self) -> str:
         # transformers renamed `past_key_values` to `cache` (5.24 warns on the old name; 5.17 lacks the new one)
-        import inspect
         params = inspect.signature(type(self.llm.model).forward).parameters
         return "cache" if "cache" in params else "past_key_values"
 

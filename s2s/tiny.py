@@ -20,10 +20,22 @@ These weights are random: results on this preset say the code works, not how goo
 from __future__ import annotations
 
 import json
+import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, WhisperConfig,
+                          WhisperFeatureExtractor, WhisperModel)
+
+with warnings.catch_warnings():  # snac's import calls the deprecated torch.jit.script: keep that off every CLI's output
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    from snac import SNAC
+
+from s2s.data.loader import DataConfig, load_examples
+from s2s.data.synth import synthesize_dataset
 
 TINY_CODEBOOK = 256
 TINY_TEXT_VOCAB = 512
@@ -36,11 +48,6 @@ SNAC_CONFIG = dict(sampling_rate=24000, encoder_dim=8, encoder_rates=[2, 4, 8, 8
 
 def _calibration_speech(n: int = 24, seed: int = 1234) -> tuple[list[str], list[np.ndarray]]:
     """A few synthesized es/it utterances: text to train the tokenizer, audio to centre SNAC."""
-    import tempfile
-
-    from s2s.data.loader import DataConfig, load_examples
-    from s2s.data.synth import synthesize_dataset
-
     with tempfile.TemporaryDirectory() as tmp:
         path = synthesize_dataset(Path(tmp, "calib"), langs=["es", "it"], n=n, seed=seed)
         examples = load_examples(DataConfig(sources=[str(path)], eval_size=1), "train", progress=False)
@@ -49,9 +56,6 @@ def _calibration_speech(n: int = 24, seed: int = 1234) -> tuple[list[str], list[
 
 def build_tokenizer(texts: list[str], out: Path):
     """Byte-level BPE of TINY_TEXT_VOCAB ids (any text encodes), saved as a fast HF tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -66,8 +70,6 @@ def build_tokenizer(texts: list[str], out: Path):
 
 def build_orpheus(out: Path, texts: list[str], seed: int = 0) -> None:
     """A 4-layer, 128-wide Llama whose vocabulary has the Orpheus layout at tiny scale."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tokenizer = build_tokenizer(texts, out)
     text_vocab = max(len(tokenizer), TINY_TEXT_VOCAB)
     config = LlamaConfig(vocab_size=text_vocab + 12 + 7 * TINY_CODEBOOK, hidden_size=128, intermediate_size=384,
@@ -90,8 +92,6 @@ def build_orpheus(out: Path, texts: list[str], seed: int = 0) -> None:
 
 def build_whisper(out: Path, seed: int = 0) -> None:
     """A 2-layer, 64-wide Whisper; the encoder still takes 30 s (3000 mel frames) like the real one."""
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
-
     config = WhisperConfig(vocab_size=64, num_mel_bins=80, d_model=64, encoder_layers=2, encoder_attention_heads=4,
                            decoder_layers=1, decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256,
                            max_source_positions=1500, max_target_positions=32, pad_token_id=0, bos_token_id=1,
@@ -120,8 +120,6 @@ def recentre_quantizers(snac, waves24k: list[np.ndarray]) -> list[int]:
 
 def build_snac(out: Path, waves24k: list[np.ndarray], seed: int = 0) -> list[int]:
     """A small SNAC (hop 512, 3 codebooks of 256 at strides 4/2/1) in its config.json + .bin format."""
-    from snac import SNAC
-
     torch.manual_seed(seed)
     snac = SNAC(**SNAC_CONFIG).eval()
     distinct = recentre_quantizers(snac, waves24k)

@@ -18,6 +18,10 @@ import json
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import (AddedToken, GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
+                          WhisperForConditionalGeneration, WhisperTokenizer)
+from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
 TINY_BPE_VOCAB = 384  # 256 byte symbols + merges
 TIMESTAMPS = 1501  # 0.00 ... 30.00 s in steps of 0.02 s, as in Whisper
@@ -33,8 +37,6 @@ _BPE_TEXT = [
 
 
 def _special_tokens() -> list[str]:
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES
-
     return (["<|endoftext|>", "<|startoftranscript|>"] + [f"<|{code}|>" for code in LANGUAGES]
             + ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
                "<|notimestamps|>"])
@@ -42,9 +44,6 @@ def _special_tokens() -> list[str]:
 
 def build_tiny_whisper_tokenizer(out: Path):
     """A WhisperTokenizer over a small byte-level BPE plus Whisper's special and timestamp tokens."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import AddedToken, WhisperTokenizer
-
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(vocab_size=TINY_BPE_VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -67,9 +66,6 @@ def build_tiny_whisper_asr(out: str | Path, seed: int = 0) -> Path:
     Loads with `WhisperForConditionalGeneration.from_pretrained(out)` and
     `WhisperProcessor.from_pretrained(out)`; 80 mel bins, 30-s windows like the real model.
     """
-    from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_whisper_tokenizer(out)

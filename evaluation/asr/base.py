@@ -12,6 +12,7 @@ import abc
 from typing import ClassVar
 
 import torch
+import torchaudio.functional as AF
 
 from s2s.errors import UserError
 
@@ -65,8 +66,6 @@ def prepare_waves(waves: list[torch.Tensor], sample_rate: int, languages: list[s
     Returns (waves, language codes). Raises ValueError naming the bad input: a count mismatch
     between waves and languages, a wave that is not 1-D, or a non-positive sample rate.
     """
-    import torchaudio.functional as AF
-
     if len(waves) != len(languages):
         raise ValueError(f"transcribe got {len(waves)} waves but {len(languages)} languages: pass one language "
                          f"code per wave")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 
 import torch
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
+from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
 
 from evaluation.asr.base import ASR, ASRError, prepare_waves
 from s2s.backbones import load_pretrained
@@ -36,8 +38,6 @@ class WhisperASR(ASR):
     name = "whisper"
 
     def __init__(self, model: str | None = None, device: str = "cpu", batch_size: int = 8):
-        from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
         super().__init__(model or DEFAULT_MODEL, device, batch_size)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.processor = _load(WhisperProcessor.from_pretrained, self.model_id)
@@ -71,8 +71,6 @@ class WhisperASR(ASR):
 
     def transcribe(self, waves: list[torch.Tensor], sample_rate: int, languages: list[str]) -> list[str]:
         """Transcribe waves [T_i] (float32 mono, `sample_rate` Hz), each forced to its language -> strings."""
-        from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
-
         waves16k, codes = prepare_waves(waves, sample_rate, languages, self.sample_rate)
         codes = [TO_LANGUAGE_CODE.get(c, c) for c in codes]  # "spanish" -> "es", as generate() accepts
         unknown = sorted({c for c in codes if f"<|{c}|>" not in self.lang_to_id})
