@@ -12,7 +12,11 @@ without editing them.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+
+from s2s.tokens import FRAME
 
 
 def short_run(synth_dataset, backbones, cache_dir, tracking_root, out_dir, **extra) -> list[str]:
@@ -168,3 +172,16 @@ def tiny_model(tiny_core, tiny_backbone_cfg, tmp_path_factory):
             built[name] = build_tiny_model(name, tiny_backbone_cfg, workdir)
         return built[name]
     return get
+
+
+def clip(items, first_frame: int, n_frames: int):
+    """Copies of prepared items whose targets are only SNAC frames [first_frame, first_frame + n_frames):
+    real audio, real (shorter) targets, so a training step costs little."""
+    return [dataclasses.replace(it, speech_tokens=it.speech_tokens[FRAME * first_frame:FRAME * (first_frame + n_frames)])
+            for it in items]
+
+
+@pytest.fixture(scope="session")
+def short_items(prepared_items):
+    """The 8 train utterances with 3-frame targets from their middle (frames 5..7)."""
+    return clip(prepared_items[:8], 5, 3)

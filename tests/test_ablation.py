@@ -14,7 +14,8 @@ from s2s.metrics import evaluate, token_loss_sum
 from s2s.strategies import STRATEGIES, AdapterStage1
 from s2s.strategies.base import TargetLogits
 from s2s.trainer import Trainer
-from tests.test_strategies import clip, train_cfg
+from tests.core_fixtures import clip
+from tests.test_strategies import train_cfg
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))

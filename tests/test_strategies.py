@@ -14,23 +14,16 @@ from s2s.experiment_config import as_dict, build_config
 from s2s.backbones import FrozenCore
 from s2s.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from s2s.config import ConfigError
-from s2s.strategies import STRATEGIES, AdapterStage1, GateFusionStage2, IstlmInterleaved
+from s2s.strategies import AdapterStage1, GateFusionStage2, IstlmInterleaved
 from s2s.strategies.base import pad_states
 from s2s.strategies.gatefusion_stage2 import GateFusionStage2Config
 from s2s.strategies.istlm_interleaved import interleave_layout
 from s2s.tokens import FRAME, text_ids
 from s2s.trainer import TrainConfig, Trainer
-from tests.core_fixtures import build_tiny_model, checkpoint_meta
+from tests.core_fixtures import clip
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-def clip(items, first_frame: int, n_frames: int):
-    """Copies of prepared items whose targets are only SNAC frames [first_frame, first_frame + n_frames):
-    real audio, real (shorter) targets, so a training step costs little."""
-    return [dataclasses.replace(it, speech_tokens=it.speech_tokens[FRAME * first_frame:FRAME * (first_frame + n_frames)])
-            for it in items]
-
 
 def train_cfg(**overrides) -> TrainConfig:
     return TrainConfig(**{"lr": 1e-3, "max_steps": 3, "batch_size": 4, "grad_accum": 1, "warmup_ratio": 0.0,
@@ -70,12 +63,6 @@ def capture(monkeypatch):
 @pytest.fixture(scope="module")
 def istlm_cfg():
     return build_config("istlm_interleaved", "tiny").strategy
-
-
-@pytest.fixture(scope="module")
-def short_items(prepared_items):
-    """The 8 train utterances with 3-frame targets from their middle (frames 5..7)."""
-    return clip(prepared_items[:8], 5, 3)
 
 
 @pytest.fixture(scope="module")
@@ -381,68 +368,3 @@ def test_gatefusion_errors_name_the_problem(tiny_core, stage1, istlm_cfg, tmp_pa
     wrong = save_checkpoint(tmp_path / "wrong_dims", weights, meta)
     with pytest.raises(CheckpointError, match=r"does not match this core's dimensions.*adapter\.proj\.0\.weight"):
         GateFusionStage2(GateFusionStage2Config(init_from=str(wrong)), tiny_core)
-
-
-# --- 4. every registered strategy: one trainer, checkpoints that rebuild it -----------------------
-
-@pytest.mark.parametrize("name", list(STRATEGIES))
-def test_every_strategy_trains_through_the_same_trainer(name, tiny_core, tiny_backbone_cfg, short_items, make_batch,
-                                                        tmp_path):
-    # A model of its own (it trains), as a run starts it: freshly initialised; an upstream stage it
-    # requires is built and checkpointed first (tests/core_fixtures.py).
-    cfg, model = build_tiny_model(name, tiny_backbone_cfg, tmp_path / "upstream", perturb=False)
-    model.train()
-    assert isinstance(model, STRATEGIES[name])
-    items = short_items[:4]
-    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    logged = []
-    tcfg = dataclasses.replace(cfg.train, lr=3e-3, max_steps=4, batch_size=4, eval_every=2, eval_batch_size=4,
-                               label_smoothing=0.0, out_dir=str(tmp_path / "out"), progress=False)
-    trainer = Trainer(tcfg, model, items, items, make_batch, log=lambda m, s: logged.append((s, m)),
-                      meta=lambda: checkpoint_meta(cfg, model))
-    result = trainer.fit()
-
-    assert result["steps"] == 4 and [s for s, _ in result["eval_history"]] == [0, 2, 4]
-    first, last = result["eval_history"][0][1]["eval/loss"], result["final_eval"]["eval/loss"]
-    assert last < first, (name, first, last)  # eval set == train set here: the train loss went down
-    train_losses = [m["train/loss"] for _, m in logged if "train/loss" in m]
-    assert len(train_losses) == 4 and train_losses[-1] < train_losses[0]
-    changed = {n for n, p in model.named_parameters() if n in before and not torch.equal(before[n], p)}
-    assert changed == set(before), f"{name}: untrained parameters {sorted(set(before) - changed)[:5]}"
-    weights, meta = load_checkpoint(result["checkpoint"])
-    assert meta["strategy"] == name and set(weights) == set(model.trainable_state_dict())
-
-
-@pytest.mark.parametrize("name", list(STRATEGIES))
-def test_every_strategy_checkpoint_round_trip(name, tiny_model, short_items, make_batch, tmp_path):
-    """trainable_state_dict -> save_checkpoint -> load_trained rebuilds config, core and strategy from the
-    checkpoint alone, and the rebuilt model computes the same logits bit for bit."""
-    from s2s.experiment import load_trained
-
-    cfg, model = tiny_model(name)
-    ckpt = save_checkpoint(tmp_path / "final", model.trainable_state_dict(), checkpoint_meta(cfg, model))
-    weights, _ = load_checkpoint(ckpt)
-    assert set(weights) == model.saved_names() and model.n_trainable() > 0
-    cfg2, _, loaded, meta = load_trained(str(ckpt))
-    assert type(loaded) is type(model) and meta["strategy"] == name
-    assert as_dict(cfg2) == as_dict(cfg)
-    batch = make_batch(short_items[:3])
-    with torch.no_grad():
-        a, b = model(batch), loaded.eval()(batch)
-    assert torch.equal(a.labels, b.labels) and torch.equal(a.sample, b.sample) and torch.equal(a.groups, b.groups)
-    assert torch.equal(a.logits, b.logits)
-    # not vacuous: the same strategy rebuilt without the checkpoint's weights computes other logits
-    torch.manual_seed(1)
-    untrained = type(model).from_checkpoint(cfg2.strategy, FrozenCore(cfg2.backbones), meta).eval()
-    with torch.no_grad():
-        assert not torch.equal(untrained(batch).logits, a.logits)
-
-
-def test_run_list_prints_each_strategy_on_one_line(capsys):
-    from experiments.run import main
-
-    assert main(["--list"]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
-    assert sorted(line.split()[0] for line in lines) == sorted(STRATEGIES)
-    for line in lines:
-        assert STRATEGIES[line.split()[0]].summary in line

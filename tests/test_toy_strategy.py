@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.core_fixtures import short_run
+from tests.core_fixtures import clip, short_run
 import torch
 
 import tests.test_ablation as ablation
 import tests.test_generate as generation
-import tests.test_strategies as strategies
+import tests.test_every_strategy as every
 from s2s.strategies import STRATEGIES
 from tests.toy_strategy import ToyLinear
 
@@ -76,16 +76,11 @@ def trained(env):
 def test_generic_strategy_checks_pass_for_the_toy(toy, tiny_model, prepared_items, short_items, make_batch, tmp_path):
     """The checks the generic tests run for each name in STRATEGIES (they are parametrized at collection,
     before this module registers the toy, so they are called here by name)."""
-    ragged = [strategies.clip([it], 0, n)[0] for it, n in zip(prepared_items[8:11], (3, 5, 6))]
+    ragged = [clip([it], 0, n)[0] for it, n in zip(prepared_items[8:11], (3, 5, 6))]
     generation.test_teacher_forced_decoder_equals_forward(NAME, tiny_model, ragged, make_batch)
     generation.test_greedy_with_caches_equals_recomputation(NAME, tiny_model, ragged, make_batch)
     ablation.test_audio_order_gives_each_sample_the_chosen_audio(NAME, tiny_model, prepared_items, make_batch)
-    strategies.test_every_strategy_checkpoint_round_trip(NAME, tiny_model, short_items, make_batch, tmp_path)
-
-
-@pytest.fixture
-def short_items(prepared_items):
-    return strategies.clip(prepared_items[:8], 5, 3)
+    every.test_every_strategy_checkpoint_round_trip(NAME, tiny_model, short_items, make_batch, tmp_path)
 
 
 def test_run_lists_and_trains_the_toy(env, trained, capsys):
