@@ -21,13 +21,13 @@ high, a log range must be positive, and the bounds and choices must be values th
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 import typing
 from dataclasses import dataclass
 from typing import Any
 
 from s2s.config import ConfigError, _unwrap_optional, set_value, validate
+from s2s.registry import closest
 
 KINDS = ("float", "int", "categorical")
 SPEC_KEYS = ("type", "low", "high", "log", "step", "choices")
@@ -103,15 +103,15 @@ def parse_param(name: str, spec: Any) -> Param:
                          f"of choices, got {spec!r}")
     unknown = [k for k in spec if k not in SPEC_KEYS]
     if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), SPEC_KEYS, n=1, cutoff=0.4)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        close = closest(str(unknown[0]), SPEC_KEYS, cutoff=0.4)
+        hint = f" Did you mean '{close}'?" if close else ""
         raise _err(name, f"unknown field '{unknown[0]}'.{hint} Fields: {', '.join(SPEC_KEYS)}")
     kind = spec.get("type", "categorical" if "choices" in spec else None)
     if kind is None:
         raise _err(name, f"missing 'type': one of {', '.join(KINDS)}")
     if kind not in KINDS:
-        close = difflib.get_close_matches(str(kind), KINDS, n=1, cutoff=0.4)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        close = closest(str(kind), KINDS, cutoff=0.4)
+        hint = f" Did you mean '{close}'?" if close else ""
         raise _err(name, f"unknown type '{kind}'.{hint} Types: {', '.join(KINDS)}")
 
     if kind == "categorical":
