@@ -22,7 +22,7 @@ from s2s.backbones import FrozenCore, fingerprint
 from s2s.data.loader import Example
 from s2s.progress import progress_bar
 from s2s.tokens import codes_to_tokens
-from s2s.tokens import dedup_frames as _dedup_frames
+from s2s.tokens import dedup_frames as drop_repeated_frames  # the parameter `dedup_frames` shadows the name
 
 
 @dataclass
@@ -114,7 +114,7 @@ def prepare(examples: list[Example], core: FrozenCore, cfg: CacheConfig, progres
         for ex, st in zip(chunk, states):
             codes = _cached(codes_dir / f"{ex.key}.safetensors", cfg.enabled,
                             lambda: {"tokens": codes_to_tokens(core.encode_codes(ex.target24k), core.layout)})
-            tokens = _dedup_frames(codes["tokens"]) if dedup_frames else codes["tokens"]
+            tokens = drop_repeated_frames(codes["tokens"]) if dedup_frames else codes["tokens"]
             out.append(PreparedExample(ex.key, ex.text, ex.language, tokens, st,
                                        None if st is not None else ex.wave16k))
         bar.update(len(chunk))

@@ -225,7 +225,7 @@ def tokens_to_codes(tokens, layout: TokenLayout = ORPHEUS,
     return _frames_to_codes(t[keep], layout), n - FRAME * len(starts)
 
 
-def dedup_frames(x):
+def dedup_frames(ids) -> torch.Tensor:
     """Drop every SNAC frame whose coarse code c0 equals the previous frame's (Orpheus' data prep).
 
     Orpheus' published data preparation (``remove_duplicate_frames``, applied to every training
@@ -235,30 +235,15 @@ def dedup_frames(x):
     KEPT frame equals comparing with the previous input frame: every dropped frame has the kept
     one's c0. A run of equal c0 therefore collapses to its first frame.
 
-    x: either unbatched SNAC codes ``[c0 [n], c1 [2n], c2 [4n]]`` (list/tuple of 3 int tensors),
-       or a 1-D sequence of Orpheus audio ids ``[7n]`` laid out as in :func:`codes_to_tokens`
-       (the k0 id is ``audio_offset + c0``, so comparing ids compares c0; no layout is needed).
-    Returns the same kind with m <= n frames: codes ``[m], [2m], [4m]`` or int64 ids ``[7m]``
-    (m == n when no frame repeats; m == 1 when all n >= 1 frames share c0; n == 0 gives m == 0).
-    The input is not modified.
+    ids: 1-D Orpheus audio ids [7n] laid out as by :func:`codes_to_tokens` (the k0 id is
+    ``audio_offset + c0``, so comparing ids compares c0). Returns int64 ids [7m], m <= n. The
+    input is not modified.
 
     Effect on the audio: each dropped frame is 2048 samples (~85 ms at 24 kHz) of SNAC time, so
     the decoded target is SHORTER than the recorded utterance (stationary stretches, mostly
     silences and held sounds, are compressed); its codes no longer encode the original timing.
     """
-    if isinstance(x, (list, tuple)) and x and all(torch.as_tensor(c).dim() >= 1 for c in x):  # codebooks
-        if len(x) != 3:
-            raise TokenError(f"dedup_frames takes 3 codebooks [c0, c1, c2] or a 1-D id sequence, got {len(x)} items")
-        cs = [torch.as_tensor(c) for c in x]
-        n = cs[0].shape[-1] if cs[0].dim() else -1
-        if any(c.dim() != 1 for c in cs) or [c.shape[0] for c in cs] != [n, 2 * n, 4 * n]:
-            raise TokenError("dedup_frames takes unbatched codes shaped [n], [2n], [4n], got "
-                             f"{[tuple(c.shape) for c in cs]}")
-        if any(c.is_floating_point() or c.is_complex() or c.dtype == torch.bool for c in cs):
-            raise TokenError(f"dedup_frames: codes must be integer tensors, got {[c.dtype for c in cs]}")
-        keep = _first_of_runs(cs[0])
-        return [cs[0][keep], cs[1].reshape(n, 2)[keep].reshape(-1), cs[2].reshape(n, 4)[keep].reshape(-1)]
-    t = torch.as_tensor(x)
+    t = torch.as_tensor(ids)
     if t.numel() == 0:
         t = t.long()  # torch.as_tensor([]) is float32
     if t.dim() != 1 or t.is_floating_point() or t.dtype == torch.bool:
@@ -266,14 +251,9 @@ def dedup_frames(x):
     if len(t) % FRAME:
         raise TokenError(f"dedup_frames: {len(t)} audio ids is not a whole number of {FRAME}-token frames")
     frames = t.long().reshape(-1, FRAME)
-    return frames[_first_of_runs(frames[:, 0])].reshape(-1)
-
-
-def _first_of_runs(c0: torch.Tensor) -> torch.Tensor:
-    """[n] -> bool [n]: True where c0 differs from the previous entry (always True at 0)."""
-    keep = torch.ones(len(c0), dtype=torch.bool, device=c0.device)
-    keep[1:] = c0[1:] != c0[:-1]
-    return keep
+    keep = torch.ones(len(frames), dtype=torch.bool, device=t.device)
+    keep[1:] = frames[1:, 0] != frames[:-1, 0]
+    return frames[keep].reshape(-1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,15 +26,13 @@ def _orpheus_style(ids: list[int]) -> list[int]:
     return result
 
 
-def _same(a, b):
-    return all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == len(b)
+def _ids(frames) -> torch.Tensor:
+    return codes_to_tokens(_frames_to_codes(frames), TINY)
 
 
 def test_no_repeats_keeps_every_frame():
-    codes = _frames_to_codes([(1, (5, 6), (7, 8, 9, 10)), (2, (5, 6), (7, 8, 9, 10)), (1, (0, 0), (0, 0, 0, 0))])
-    assert _same(dedup_frames(codes), codes)  # A B A: only CONSECUTIVE repeats go
-    ids = codes_to_tokens(codes, TINY)
-    assert torch.equal(dedup_frames(ids), ids)
+    ids = _ids([(1, (5, 6), (7, 8, 9, 10)), (2, (5, 6), (7, 8, 9, 10)), (1, (0, 0), (0, 0, 0, 0))])
+    assert torch.equal(dedup_frames(ids), ids)  # A B A: only CONSECUTIVE repeats go
 
 
 def test_a_repeated_c0_drops_the_frame_even_when_its_fine_codes_differ():
@@ -43,45 +41,34 @@ def test_a_repeated_c0_drops_the_frame_even_when_its_fine_codes_differ():
               (3, (1, 2), (1, 2, 3, 4)),  # dropped
               (4, (1, 2), (1, 2, 3, 4)),
               (3, (7, 7), (7, 7, 7, 7))]  # differs from the previous (4): kept
-    codes = _frames_to_codes(frames)
-    want = _frames_to_codes([frames[0], frames[3], frames[4]])
-    assert _same(dedup_frames(codes), want)
-    ids = codes_to_tokens(codes, TINY)
-    assert torch.equal(dedup_frames(ids), codes_to_tokens(want, TINY))
+    ids = _ids(frames)
+    assert torch.equal(dedup_frames(ids), _ids([frames[0], frames[3], frames[4]]))
     assert dedup_frames(ids).tolist() == _orpheus_style(ids.tolist())
 
 
 def test_frames_that_repeat_only_a_fine_code_are_kept():
-    codes = _frames_to_codes([(1, (5, 5), (5, 5, 5, 5)), (2, (5, 5), (5, 5, 5, 5))])
-    assert _same(dedup_frames(codes), codes)
+    ids = _ids([(1, (5, 5), (5, 5, 5, 5)), (2, (5, 5), (5, 5, 5, 5))])
+    assert torch.equal(dedup_frames(ids), ids)
 
 
 def test_all_equal_collapses_to_the_first_frame_and_single_and_empty_pass_through():
     frames = [(8, (i, i + 1), (i, i, i, i)) for i in range(6)]
-    codes = _frames_to_codes(frames)
-    assert _same(dedup_frames(codes), _frames_to_codes(frames[:1]))
-    assert dedup_frames(codes_to_tokens(codes, TINY)).tolist() == codes_to_tokens(codes, TINY)[:FRAME].tolist()
-    one = _frames_to_codes(frames[:1])
-    assert _same(dedup_frames(one), one)
-    empty = [torch.zeros(0, dtype=torch.long)] * 3
-    assert [len(c) for c in dedup_frames(empty)] == [0, 0, 0]
+    assert torch.equal(dedup_frames(_ids(frames)), _ids(frames[:1]))
+    assert torch.equal(dedup_frames(_ids(frames[:1])), _ids(frames[:1]))
     assert dedup_frames([]).tolist() == [] and dedup_frames(torch.zeros(0, dtype=torch.long)).dtype == torch.long
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_matches_the_orpheus_loop_and_commutes_with_codes_to_tokens(seed):
+def test_matches_the_orpheus_loop(seed):
     g = torch.Generator().manual_seed(seed)
     n = 200
     codes = [torch.randint(0, 3, (n,), generator=g),  # 3 coarse values: many runs
              torch.randint(0, 256, (2 * n,), generator=g), torch.randint(0, 256, (4 * n,), generator=g)]
-    before = [c.clone() for c in codes]
     ids = codes_to_tokens(codes, TINY)
+    before = ids.clone()
     out = dedup_frames(ids)
     assert out.tolist() == _orpheus_style(ids.tolist())
-    assert torch.equal(codes_to_tokens(dedup_frames(codes), TINY), out)
-    assert _same(codes, before)  # inputs untouched
-    strided = [codes[0], torch.stack([codes[1], codes[1]], 1)[:, 0], codes[2]]  # a non-contiguous c1
-    assert not strided[1].is_contiguous() and _same(dedup_frames(strided), dedup_frames(codes))
+    assert torch.equal(ids, before)  # input untouched
     kept = out.view(-1, FRAME)[:, 0]
     assert (kept[1:] != kept[:-1]).all() and 0 < len(kept) < n
 
@@ -91,10 +78,6 @@ def test_malformed_input_is_a_token_error():
         dedup_frames(torch.arange(10))
     with pytest.raises(TokenError, match="1-D"):
         dedup_frames(torch.zeros(2, 7, dtype=torch.long))
-    with pytest.raises(TokenError, match=r"\[n\], \[2n\], \[4n\]"):
-        dedup_frames([torch.zeros(2, dtype=torch.long)] * 3)
-    with pytest.raises(TokenError, match="3 codebooks"):
-        dedup_frames([torch.zeros(2, dtype=torch.long)] * 2)
 
 
 # ---------------------------------------------------------------------------------------------
