@@ -90,11 +90,6 @@ class Fit:
                       if tuple(self.weights[n].shape) != self.expected[n])
 
     @property
-    def fitting(self) -> list[str]:
-        return sorted(n for n in self.weights.keys() & self.expected.keys()
-                      if tuple(self.weights[n].shape) == self.expected[n])
-
-    @property
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.wrong_shape)
 
@@ -150,24 +145,17 @@ def expected_tensors(model) -> dict[str, Shape]:
     return {n: tuple(t.shape) for n, t in model.trainable_state_dict().items()}
 
 
-def load_state(model, weights: dict[str, torch.Tensor], source: str, strict: bool = True) -> Fit:
+def load_state(model, weights: dict[str, torch.Tensor], source: str) -> Fit:
     """Load flat `weights` (from `source`, for the messages) into strategy `model`; returns the Fit.
 
-    strict: every tensor the model saves must be given with its shape, and nothing else; otherwise a
-    CheckpointError describes the misfit (nothing is loaded). Not strict: the tensors that fit are
-    loaded and the rest is left as it is (the Fit says which).
+    Every tensor the model saves must be given with its shape, and nothing else; otherwise a
+    CheckpointError describes the misfit and nothing is loaded.
     """
     fit = fit_state(weights, expected_tensors(model))
-    if strict and not fit.ok:
+    if not fit.ok:
         raise CheckpointError(f"{source} does not fit strategy '{model.name}' (its dimensions come from the preset "
                               f"and key=value overrides): {fit.describe()}")
-    if strict:
-        model.load_trainable_state_dict(fit.weights)  # the one loading path, which checks again
-    else:
-        own = dict(model.named_parameters())
-        with torch.no_grad():
-            for n in fit.fitting:
-                own[n].copy_(fit.weights[n])
+    model.load_trainable_state_dict(fit.weights)  # the one loading path, which checks again
     return fit
 
 

@@ -114,17 +114,17 @@ def test_a_pt_without_strategy_says_to_pass_one(tmp_path, model, capsys):
 
 
 def test_an_adapter_only_card_loads_the_adapter_and_names_the_missing_expansion(trained, tmp_path, model, capsys):
-    from s2s.card_layout import expected_tensors, load_state
+    from s2s.card_layout import expected_tensors, fit_state
 
     ckpt, _, same_data = trained
     weights, _ = load_checkpoint(ckpt)
     pt = tmp_path / "adapter_only.pt"
     torch.save(card_dict(weights, ["adapter"]), pt)
 
-    fit = load_state(model, load_state_file(pt), str(pt), strict=False)  # what fits is loaded, the rest named
-    own = dict(model.named_parameters())
+    fit = fit_state(load_state_file(pt), expected_tensors(model))  # the adapter's names and shapes fit as is
     adapter = [n for n in weights if n.startswith("adapter.")]
-    assert adapter and all(torch.equal(own[n], weights[n]) for n in adapter)
+    assert adapter and sorted(fit.weights) == sorted(adapter)
+    assert all(torch.equal(fit.weights[n], weights[n]) for n in adapter)
     expansion = sorted(n for n in expected_tensors(model) if n.startswith("expansion."))
     assert fit.missing == expansion and not fit.unexpected and not fit.wrong_shape
 
@@ -219,7 +219,8 @@ def test_a_top_level_module_is_found_where_the_model_nests_it():
     expected = {"stage1.adapter.w": (2,), "stage1.expansion.w": (3,), "gate.weight": (1,)}
     fit = fit_state({"adapter.w": torch.zeros(2), "expansion.w": torch.zeros(3)}, expected)
     assert fit.renamed == {"adapter": "stage1.adapter", "expansion": "stage1.expansion"}
-    assert fit.fitting == ["stage1.adapter.w", "stage1.expansion.w"] and fit.missing == ["gate.weight"]
+    assert sorted(fit.weights) == ["stage1.adapter.w", "stage1.expansion.w"] and not fit.wrong_shape
+    assert fit.missing == ["gate.weight"]
     # ambiguous (two modules called "adapter"): left as it is, and named as unexpected
     fit = fit_state({"adapter.w": torch.zeros(2)}, {"a.adapter.w": (2,), "b.adapter.w": (2,)})
     assert not fit.renamed and fit.unexpected == ["adapter.w"]
