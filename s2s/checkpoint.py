@@ -91,6 +91,21 @@ def save_checkpoint(directory: str | Path, weights: dict[str, torch.Tensor], met
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read weights and metadata from a checkpoint directory (or its model.safetensors)."""
+    d, meta = _checkpoint_dir_and_meta(path)
+    try:
+        weights = load_file(str(d / MODEL_FILE))
+    except Exception as e:  # safetensors raises its own error types for truncated/garbled files
+        raise CheckpointError(f"{d / MODEL_FILE} cannot be read as safetensors ({e}); the checkpoint is "
+                              f"damaged or not a safetensors file") from None
+    return weights, meta
+
+
+def load_meta(path: str | Path) -> dict:
+    """A checkpoint's meta.json alone (strategy, config, step, ...), without reading its weights."""
+    return _checkpoint_dir_and_meta(path)[1]
+
+
+def _checkpoint_dir_and_meta(path: str | Path) -> tuple[Path, dict]:
     p = Path(path)
     if is_weights_file(p):  # e.g. strategy.init_from=card.pt: there is no meta to rebuild the model from
         raise CheckpointError(f"{path} is a plain weights file, not an s2s checkpoint directory: it carries no "
@@ -107,12 +122,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not isinstance(meta, dict):
         raise CheckpointError(f"{d / META_FILE} holds a {type(meta).__name__}, not a mapping; the checkpoint is "
                               f"damaged")
-    try:
-        weights = load_file(str(d / MODEL_FILE))
-    except Exception as e:  # safetensors raises its own error types for truncated/garbled files
-        raise CheckpointError(f"{d / MODEL_FILE} cannot be read as safetensors ({e}); the checkpoint is "
-                              f"damaged or not a safetensors file") from None
-    return weights, meta
+    return d, meta
 
 
 def is_weights_file(path: str | Path) -> bool:

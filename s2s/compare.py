@@ -20,15 +20,12 @@ import dataclasses
 import hashlib
 import json
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from mlflow.entities import Metric
-
 from s2s.backbones import autocast
-from s2s.checkpoint import META_FILE
+from s2s.checkpoint import CheckpointError, load_meta
 from s2s.config import ConfigError, get_value, set_value
 from s2s.experiment import load_trained, prepared_data, train
 from s2s.experiment_config import ExperimentConfig, build_config, config_hash, strategy_class
@@ -36,7 +33,7 @@ from s2s.compare_report import plot, table
 from s2s.metrics import evaluate
 from s2s.prepare import make_batch
 from s2s.strategies import STRATEGIES
-from s2s.tracking import Run, find_finished_run
+from s2s.tracking import Run, find_finished_run, log_metrics
 
 SCORE_TAG = "s2s.compare_scores."  # + settings key: a child run's figures, as compare scored them (JSON)
 
@@ -109,13 +106,11 @@ def plan(strategies: list[str], preset: str, seeds: int, overrides: list[str]) -
 # --- one run ------------------------------------------------------------------------------
 
 def _meta(checkpoint: str | Path) -> dict | None:
-    p = Path(checkpoint)
-    p = p.parent if p.name.endswith((".safetensors", ".json")) else p
+    """meta.json of `checkpoint`, or None when it is gone or damaged (the budget then shows '?')."""
     try:
-        meta = json.loads((p / META_FILE).read_text())
-    except (OSError, ValueError):
+        return load_meta(checkpoint)
+    except CheckpointError:
         return None
-    return meta if isinstance(meta, dict) else None
 
 
 def _dotted(d, key: str):
@@ -234,8 +229,9 @@ def score_results(results: list[dict], cfgs: list[ExperimentConfig], scorer: Sco
                    "tiny_asr": bool(got.get("tiny_asr")), "logged_to": got.get("run_id"), "step": got.get("step")}
             if got["logged_to"] != r["run_id"]:
                 systems = {"generated": got["generated"], **got["toplines"]}
-                _log(client, r["run_id"], {f"eval/asr/{system}/{k}": v for system, figures in systems.items()
-                                           for k, v in figures.items()}, got["step"] or r["steps"] or 0)
+                log_metrics(client, r["run_id"], {f"eval/asr/{system}/{k}": v for system, figures in systems.items()
+                                                  for k, v in figures.items() if isinstance(v, (int, float))},
+                            got["step"] or r["steps"] or 0)
             if len(json.dumps(got)) <= 8000:  # MLflow's limit on a tag value; longer: scored again next time
                 client.set_tag(r["run_id"], tag, json.dumps(got))
         r["scores"], r["tiny_asr"] = got["generated"], got.get("tiny_asr", False)
@@ -251,12 +247,6 @@ def score_results(results: list[dict], cfgs: list[ExperimentConfig], scorer: Sco
                 label += f" [utterances of {', '.join(t['strategies'])}]"
             rows.append({"system": system, "label": label, "figures": figures, "strategies": t["strategies"]})
     return rows
-
-
-def _log(client, run_id: str, metrics: dict, step: int) -> None:
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()
-                                      if isinstance(v, (int, float))])
 
 
 # --- the whole comparison -------------------------------------------------------------------

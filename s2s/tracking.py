@@ -248,6 +248,14 @@ def dataset_source(source: str | Path | DatasetSource, split: str | None = None)
     return HuggingFaceDatasetSource(hub_id, config_name=config, split=split)
 
 
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
+    """Log `metrics` at `step` to run `run_id` (batched: MLflow takes 1000 items a call at most)."""
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    for i in range(0, len(items), 500):
+        client.log_batch(run_id, metrics=items[i:i + 500])
+
+
 class Run:
     """One MLflow run. Use as a context manager: an exception ends it FAILED, Ctrl-C/SIGTERM KILLED.
 
@@ -299,10 +307,7 @@ class Run:
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        for i in range(0, len(items), 500):
-            self.client.log_batch(self.run_id, metrics=items[i:i + 500])
+        log_metrics(self.client, self.run_id, metrics, step)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
