@@ -28,7 +28,7 @@ from s2s.resume import RunLock, check_resumable, locate
 from s2s.stop import StopSignals
 from s2s.strategies import STRATEGIES, Strategy
 from s2s.tiny import ensure_tiny_backbones
-from s2s.tracking import Run, git_commit, tracking_uri
+from s2s.tracking import Run, tracking_uri
 from s2s.trainer import Trainer
 
 
@@ -150,7 +150,8 @@ def _open_run(cfg: ExperimentConfig, point, parent_run_id: str | None) -> Run:
     if point is not None:  # the store it was logged to, unless tracking.uri says where that store is now
         tracking = dataclasses.replace(cfg.tracking, uri=cfg.tracking.uri or point.meta.get("tracking_uri"))
         return Run(tracking, run_id=point.meta["mlflow_run_id"])
-    tags = {"s2s.strategy": cfg.strategy_name, "s2s.preset": cfg.preset, "s2s.git_commit": git_commit(),
+    # The commit is Run's standard mlflow.source.git.commit tag.
+    tags = {"s2s.strategy": cfg.strategy_name, "s2s.preset": cfg.preset,
             "s2s.config_hash": config_hash(cfg),
             **{f"s2s.backbone.{k}": getattr(cfg.backbones, k) for k in ("whisper", "orpheus", "snac")}}
     # A readable name (the user's tracking.run_name wins): strategy, preset, seed.

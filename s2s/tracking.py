@@ -193,12 +193,6 @@ def find_study_parent(client: MlflowClient, experiment: str, study_name: str) ->
     return min(runs, key=lambda r: (r.info.start_time, r.info.run_id)) if runs else None
 
 
-def child_runs(client: MlflowClient, experiment: str, parent_id: str) -> list[MlflowRun]:
-    """The runs whose parent is `parent_id` (tag mlflow.parentRunId), oldest first."""
-    return _search(client, experiment, f"tags.`{MLFLOW_PARENT_RUN_ID}` = {_quote(parent_id)}",
-                   order_by=["attributes.start_time ASC"])
-
-
 def find_child_run(client: MlflowClient, experiment: str, parent_id: str, run_name: str) -> MlflowRun | None:
     """The newest child of `parent_id` named `run_name` (a retried search trial reuses its name); None if none."""
     runs = _search(client, experiment, f"tags.`{MLFLOW_PARENT_RUN_ID}` = {_quote(parent_id)} and "

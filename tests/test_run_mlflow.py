@@ -59,7 +59,7 @@ def test_run_finished_with_params_and_tags(finished_run, tiny_backbone_cfg):
     assert params["strategy.expansion_width"] == "64" and params["strategy_name"] == "adapter_stage1"
     assert int(params["n_trainable_params"]) == result["n_trainable"] > 0
     assert tags["s2s.strategy"] == "adapter_stage1" and tags["s2s.preset"] == "tiny"
-    assert re.fullmatch(r"[0-9a-f]{40}", tags["s2s.git_commit"]), tags["s2s.git_commit"]
+    assert re.fullmatch(r"[0-9a-f]{40}", tags["mlflow.source.git.commit"]), tags["mlflow.source.git.commit"]
     assert tags["s2s.backbone.whisper"] == tiny_backbone_cfg.whisper
     assert tags["s2s.backbone.orpheus"] == tiny_backbone_cfg.orpheus
     assert tags["s2s.backbone.snac"] == tiny_backbone_cfg.snac
@@ -71,7 +71,6 @@ def test_run_follows_mlflow_conventions(finished_run, synth_dataset):
     result, client, _ = finished_run
     run = client.get_run(result["run_id"])
     tags = run.data.tags
-    assert tags["mlflow.source.git.commit"] == tags["s2s.git_commit"]
     assert tags["mlflow.source.name"] and tags["mlflow.source.type"] == "LOCAL"
     inputs = run.inputs.dataset_inputs
     contexts = sorted(next(t.value for t in i.tags if t.key == "mlflow.data.context") for i in inputs)

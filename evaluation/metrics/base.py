@@ -62,7 +62,6 @@ class Ratio:
         return self.rate
 
 
-
 # --- aggregations: a list of per-utterance values -> one figure ----------------------------------
 # The first docstring line of each is printed under the report's table, so keep it short.
 
