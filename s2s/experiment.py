@@ -179,11 +179,13 @@ def _run_dir(cfg: ExperimentConfig, run_id: str, parent_run_id: str | None) -> s
 
 
 def train(cfg: ExperimentConfig, parent_run_id: str | None = None, progress: bool = True,
-          on_eval=None) -> dict:
+          on_eval=None, on_run=None) -> dict:
     """Run one experiment end to end; returns the trainer's result plus the run id.
 
     `on_eval(step, eval_metrics)`, if given, is called after every evaluation (the trainer's hook);
     an exception it raises stops training and ends the run (optuna.TrialPruned: KILLED, tagged pruned).
+    `on_run(run)`, if given, is called with a new run's `s2s.tracking.Run` as soon as it exists (a
+    search tags its trial's run there).
     With `cfg.resume` the checkpoint's run continues: the same MLflow run (RUNNING again) and
     out_dir, its trainable weights, optimizer, scheduler, RNG and data position, so the result is
     bit for bit that of the uninterrupted run. SIGINT/SIGTERM during training save a checkpoint and
@@ -207,6 +209,8 @@ def train(cfg: ExperimentConfig, parent_run_id: str | None = None, progress: boo
             run.log_params(flatten(resolved))
             run.log_dict(resolved, "config.yaml")
             run.set_tags({"s2s.out_dir": str(Path(cfg.train.out_dir).resolve())})  # where resume=<run id> looks
+            if on_run is not None:
+                on_run(run)
         core = FrozenCore(cfg.backbones)
         train_items, eval_items, skips = prepared_data(cfg, core, progress)
         if point is None:

@@ -155,20 +155,20 @@ def _quote(value: str) -> str:
     raise ValueError(f"cannot search MLflow runs for a value holding both kinds of quotes: {value!r}")
 
 
-def _search(client: MlflowClient, experiment: str, filter_string: str, order_by: list[str] | None = None,
-            max_results: int | None = None) -> list[MlflowRun]:
+def _search(client: MlflowClient, experiment: str, filter_string: str,
+            order_by: list[str] | None = None) -> list[MlflowRun]:
     """Active (not deleted) runs of `experiment` matching the filter, all pages; [] without the experiment."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
     runs, token = [], None
     while True:
-        page = client.search_runs([exp.experiment_id], filter_string, order_by=order_by,
-                                  max_results=min(max_results or 1000, 1000), page_token=token)
+        page = client.search_runs([exp.experiment_id], filter_string, order_by=order_by, max_results=1000,
+                                  page_token=token)
         runs.extend(page)
         token = page.token
-        if not token or (max_results is not None and len(runs) >= max_results):
-            return runs[:max_results] if max_results is not None else runs
+        if not token:
+            return runs
 
 
 def find_finished_run(client: MlflowClient, experiment: str, config_hash: str) -> MlflowRun | None:
@@ -191,14 +191,6 @@ def find_study_parent(client: MlflowClient, experiment: str, study_name: str) ->
     """
     runs = _search(client, experiment, f"tags.`s2s.study` = {_quote(study_name)} and tags.`s2s.search` = 'parent'")
     return min(runs, key=lambda r: (r.info.start_time, r.info.run_id)) if runs else None
-
-
-def find_child_run(client: MlflowClient, experiment: str, parent_id: str, run_name: str) -> MlflowRun | None:
-    """The newest child of `parent_id` named `run_name` (a retried search trial reuses its name); None if none."""
-    runs = _search(client, experiment, f"tags.`{MLFLOW_PARENT_RUN_ID}` = {_quote(parent_id)} and "
-                                       f"attributes.run_name = {_quote(run_name)}",
-                   order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
 
 
 # --- datasets ------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from s2s import tracking
-from s2s.tracking import (Run, TrackingConfig, find_child_run, find_finished_run, find_study_parent,
+from s2s.tracking import (Run, TrackingConfig, find_finished_run, find_study_parent,
                           git_commit)
 
 
@@ -131,21 +131,9 @@ def test_find_study_parent_takes_the_earliest_of_two(cfg):
     assert find_study_parent(client, cfg.experiment, "s1").info.run_id == ({first, second} - {expected}).pop()
 
 
-def test_find_child_run(cfg):
-    client = _client(cfg)
-    parent = Run(cfg, run_name="search s1").run_id
-    Run(cfg, parent_run_id=parent, run_name="s1/trial-0")
-    b = Run(cfg, parent_run_id=parent, run_name="s1/trial-1").run_id
-    Run(cfg, run_name="s1/trial-1")  # same name, no parent
-    assert find_child_run(client, cfg.experiment, parent, "s1/trial-1").info.run_id == b
-    assert find_child_run(client, cfg.experiment, parent, "s1/trial-2") is None
-    assert find_child_run(client, "missing", parent, "s1/trial-1") is None
-
-
 def test_values_with_quotes_are_searched_literally(cfg):
     client = _client(cfg)
-    parent = Run(cfg).run_id
-    child = Run(cfg, parent_run_id=parent, run_name="it's").run_id
-    assert find_child_run(client, cfg.experiment, parent, "it's").info.run_id == child
+    parent = Run(cfg, {"s2s.study": "it's", "s2s.search": "parent"}).run_id
+    assert find_study_parent(client, cfg.experiment, "it's").info.run_id == parent
     with pytest.raises(ValueError):
         find_study_parent(client, cfg.experiment, "both ' and \"")

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from mlflow.entities import Param as MlflowParam, RunTag
 
 from s2s.config import ConfigError, flatten, get_value, load_yaml
 from s2s.experiment import train
@@ -26,7 +25,6 @@ from s2s.experiment_config import ExperimentConfig, as_dict, build_config, strat
 from s2s.resume import result_keys
 from s2s.search.space import Param, apply_params, check_space, merge_specs, parse_space, space_to_dict
 from s2s.search.study import BUDGET, FINISHED, METRIC, counts, fail_stale
-from s2s.tracking import find_child_run
 
 PRUNERS = ("median", "hyperband", "none")
 
@@ -115,9 +113,9 @@ def resolve(strategy: str, overrides: list[str] = (), *, preset: str = "tiny", c
                   progress=progress, worker_index=worker_index, pinned=tuple(pinned))
 
 
-def make_objective(s: Search, study, parent_id: str, client):
+def make_objective(s: Search, study, parent_id: str):
     """The Optuna objective: train the fixed config with the trial's sampled values as a child run
-    of `parent_id` (MLflow `client`); the final eval loss."""
+    of `parent_id`; the final eval loss."""
 
     def objective(trial) -> float:
         trial.set_user_attr("s2s.worker", f"{socket.gethostname()}:{os.getpid()}")  # first: see _fail_orphans
@@ -129,25 +127,19 @@ def make_objective(s: Search, study, parent_id: str, client):
         cfg = copy.deepcopy(s.cfg)
         values = {name: p.suggest(trial) for name, p in s.space.items()}
         apply_params(cfg, values)
-        run_name = f"{s.study_name}/trial-{trial.number}"
-        cfg.tracking.run_name = run_name
+        cfg.tracking.run_name = f"{s.study_name}/trial-{trial.number}"
         max_steps = cfg.train.max_steps
         retry_of = next(t for t in trials if t.number == trial.number).system_attrs.get("failed_trial")
-        state = {"run_id": None}
+        def on_run(run) -> None:  # the trial's child run, as soon as it exists
+            trial.set_user_attr("mlflow_run_id", run.run_id)
+            tags = {"s2s.study": s.study_name, "s2s.search": "trial", "s2s.trial": str(trial.number),
+                    "s2s.sampled": json.dumps(values, default=str)}
+            if retry_of is not None:
+                tags["s2s.retry_of_trial"] = str(retry_of)
+            run.set_tags(tags)
+            run.log_params({"optuna.trial_number": trial.number, "optuna.study": s.study_name})
 
         def on_eval(step: int, metrics: dict) -> None:
-            if state["run_id"] is None:  # the child run exists from the first evaluation (step 0) on
-                child = find_child_run(client, cfg.tracking.experiment, parent_id, run_name)
-                state["run_id"] = run_id = child.info.run_id if child else None
-                if run_id:
-                    trial.set_user_attr("mlflow_run_id", run_id)
-                    tags = {"s2s.study": s.study_name, "s2s.search": "trial", "s2s.trial": str(trial.number),
-                            "s2s.sampled": json.dumps(values, default=str)}
-                    if retry_of is not None:
-                        tags["s2s.retry_of_trial"] = str(retry_of)
-                    client.log_batch(run_id, params=[MlflowParam("optuna.trial_number", str(trial.number)),
-                                                     MlflowParam("optuna.study", s.study_name)],
-                                     tags=[RunTag(k, v) for k, v in tags.items()])
             value = float(metrics[METRIC])
             trial.report(value if math.isfinite(value) else float("inf"), step)
             if (max_steps is None or step < max_steps) and trial.should_prune():
@@ -155,7 +147,7 @@ def make_objective(s: Search, study, parent_id: str, client):
                                          f"of finished trials" if s.pruner == "median" else
                                          f"pruned at step {step} ({s.pruner}): {METRIC} {value:.4f}")
 
-        result = train(cfg, parent_run_id=parent_id, progress=s.progress, on_eval=on_eval)
+        result = train(cfg, parent_run_id=parent_id, progress=s.progress, on_eval=on_eval, on_run=on_run)
         trial.set_user_attr("mlflow_run_id", result["run_id"])
         trial.set_user_attr("checkpoint", str(Path(result["checkpoint"]).resolve()))
         return float(result["final_eval"][METRIC])

@@ -100,7 +100,7 @@ def run_trials(s: Search, session: Session, launch: Callable[[], list[int]] | No
         if launch is not None:
             ensure_shared_files(s.cfg)
             return Outcome("FINISHED", worker_codes=launch())
-        objective = make_objective(s, session.study, session.parent.run_id, open_client(session.uri))
+        objective = make_objective(s, session.study, session.parent.run_id)
         work(s, session.study, objective, poll=min(5.0, max(0.5, s.heartbeat / 2)))
         return Outcome("FINISHED")
     except KeyboardInterrupt:
