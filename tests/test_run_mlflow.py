@@ -90,7 +90,9 @@ def test_params_and_meta_name_the_folder_really_used(no_env_uri, tracking_root, 
     from mlflow.tracking import MlflowClient
 
     folder = f"outputs/adapter_stage1/{result['run_id']}"
-    assert MlflowClient(result["tracking_uri"]).get_run(result["run_id"]).data.params["train.out_dir"] == folder
+    run = MlflowClient(result["tracking_uri"]).get_run(result["run_id"])
+    assert run.data.params["train.out_dir"] == folder
+    assert run.data.tags["mlflow.runName"] == "adapter_stage1 tiny seed0"  # readable, not MLflow's random name
     meta = json.loads((tmp_path / folder / "final" / "meta.json").read_text())
     assert meta["config"]["train"]["out_dir"] == folder
 
