@@ -8,6 +8,10 @@ need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v flite >/dev/null || need+=(flite)
+# resemblyzer's VAD (webrtcvad) has no wheel: pip compiles it, which needs a C compiler and Python's headers.
+command -v gcc >/dev/null || need+=(gcc)
+PY=${PYTHON:-python3}
+[ -f "$("$PY" -c 'import sysconfig; print(sysconfig.get_path("include"))')/Python.h" ] || need+=(python3-dev)
 if [ ${#need[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     echo "installing system packages: ${need[*]}"
@@ -23,7 +27,6 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

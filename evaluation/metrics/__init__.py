@@ -1,27 +1,37 @@
 """Per-utterance evaluation metrics, chosen by name (beside the ASR backends in evaluation/asr/).
 
-Adding a metric (speaker similarity, MOS, ...):
-1. In `evaluation/metrics/<family>.py`, one function per utterance, `fn(u: Utterance) -> float | Ratio`
-   (`base.py`: a `Ratio(errors, total)` gives both the mean and the pooled figure), and its spec beside
-   it: `Metric(name, fn, aggregate=("mean",), higher_is_better=..., needs=(...))`.
-2. One line in METRICS below.
-3. A unit test on hand-worked pairs, empty references included (tests/test_metrics.py).
-The report's columns, summary.json keys ('<name>_<aggregation>') and MLflow names
-(eval/asr/<system>/<name>_<aggregation>) come from the spec; the report code is not edited.
-Today `evaluation.report.summarize` computes the metrics that need only the texts (`needs=("text",)`);
-a metric needing waves is registered the same way and waits for the scorer to hand it waves.
+    text.py     wer, cer: ASR transcripts against the reference text, under a text normalizer
+    speaker.py  spk_sim: speaker-embedding cosine of the generated and the reference speech
+    quality.py  mos_dnsmos, mos_utmos: predicted MOS of the generated speech alone
+
+Adding a metric:
+1. In `evaluation/metrics/<family>.py`, either one function per utterance, `fn(u: Utterance) -> float |
+   Ratio` (`base.py`: a `Ratio(errors, total)` gives both the mean and the pooled figure), or, for a
+   model-based metric, `batch(utterances, options) -> list[float]` that batches and loads its model once
+   per process; and its spec beside it: `Metric(name, fn=... | batch=..., aggregate=("mean",),
+   higher_is_better=..., needs=(...), options="<its ScoreConfig field>")`.
+2. One line in METRICS below (and, if it has settings, their dataclass as a ScoreConfig field).
+3. A unit test on hand-worked or synthesized cases.
+The report's columns, summary.json keys ('<name>_<aggregation>'), MLflow names (eval/<name>_<aggregation>,
+eval/<system>/...), compare's columns and search's --metric names come from the spec; the report code
+is not edited.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 from evaluation.metrics.base import AGGREGATIONS, Metric, Ratio, Utterance, evaluate
+from evaluation.metrics.quality import MOS_DNSMOS, MOS_UTMOS
+from evaluation.metrics.speaker import SPK_SIM
 from evaluation.metrics.text import CER, NORMALIZERS, WER, normalize, text_utterances
 from s2s.registry import lookup
 
 METRICS: dict[str, Metric] = {
     WER.name: WER,
     CER.name: CER,
+    SPK_SIM.name: SPK_SIM,
+    MOS_DNSMOS.name: MOS_DNSMOS,
+    MOS_UTMOS.name: MOS_UTMOS,
 }
 
 

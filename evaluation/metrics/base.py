@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import torch
+
 
 @dataclass(frozen=True)
 class Utterance:
@@ -31,10 +33,10 @@ class Utterance:
     already normalized by the scoring's text normalizer. Wave metrics (speaker similarity, MOS)
     read the waves, which text-only scoring leaves None."""
 
-    reference: str
-    hypothesis: str
+    reference: str = ""
+    hypothesis: str = ""
     language: str = ""
-    reference_wave: Any = None  # 1-D float tensor/array at `sample_rate`
+    reference_wave: Any = None  # 1-D float tensor [T] at `sample_rate`
     hypothesis_wave: Any = None
     sample_rate: int | None = None
 
@@ -91,21 +93,34 @@ NEEDS = ("text", "reference_wave", "hypothesis_wave")
 
 @dataclass(frozen=True)
 class Metric:
-    """A registered metric: `fn(u: Utterance) -> float | Ratio` and how to aggregate and read it.
+    """A registered metric: how one utterance is scored, and how the values are aggregated and read.
+
+    Scoring is either `fn(u: Utterance) -> float | Ratio`, one utterance at a time (text metrics), or
+    `batch(utterances, options) -> list[float | Ratio]`, all at once (model-based metrics: they batch
+    and load their model once per process). `options` is the metric's settings dataclass, the
+    ScoreConfig field named by `options` (e.g. "speaker" -> ScoreConfig.speaker), or None.
 
     name: short identifier; figures are keyed '<name>_<aggregation>' in summary.json and MLflow and
-    per-utterance columns '<system>_<name>' in utterances.csv. label: the name in printed reports.
+    per-utterance columns '<system>_<name>' in utterances.csv. label: the name in printed reports;
+    `detail(options)` adds what backend measured it ("resemblyzer GE2E").
     """
 
     name: str
-    fn: Callable[[Utterance], float | Ratio]
+    fn: Callable[[Utterance], float | Ratio] | None = None
     aggregate: tuple[str, ...] = ("mean", "pooled")
     higher_is_better: bool = False
     needs: tuple[str, ...] = ("text",)
     label: str = ""
+    batch: Callable[[Sequence[Utterance], Any], list[float | Ratio]] | None = None
+    options: str = ""
+    detail: Callable[[Any], str] | None = None
+    note: str = ""  # one sentence the report prints under its table: what the figure does and does not measure
+    default: bool = True  # scored unless ScoreConfig.metrics names others (False: needs weights a user must supply)
 
     def __post_init__(self):
         # Fail when the spec is written, not halfway through a scoring run.
+        if (self.fn is None) == (self.batch is None):
+            raise ValueError(f"metric '{self.name}': give exactly one of fn (per utterance) or batch (all at once)")
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
             raise ValueError(f"metric name '{self.name}' must be lowercase letters, digits and '_' "
                              f"(it becomes summary.json keys and MLflow metric names)")
@@ -119,6 +134,19 @@ class Metric:
         if not self.label:
             object.__setattr__(self, "label", self.name)
 
+    def score(self, utterances: Sequence[Utterance], options: Any = None) -> list[float | Ratio]:
+        """One value per utterance, in order."""
+        if self.fn is not None:
+            return [self.fn(u) for u in utterances]
+        values = self.batch(utterances, options)
+        if len(values) != len(utterances):
+            raise ValueError(f"metric '{self.name}' returned {len(values)} values for {len(utterances)} utterances")
+        return values
+
+    def title(self, options: Any = None) -> str:
+        """The label with its backend, e.g. "speaker similarity, resemblyzer GE2E d-vector"."""
+        return f"{self.label}, {self.detail(options)}" if self.detail is not None else self.label
+
     def keys(self) -> list[str]:
         """The names of this metric's aggregated figures, e.g. ['wer_mean', 'wer_pooled']."""
         return [f"{self.name}_{agg}" for agg in self.aggregate]
@@ -126,16 +154,17 @@ class Metric:
     def describe(self) -> dict:
         """The spec as plain data (for summary.json, so a report can be read without the code)."""
         return {"label": self.label, "aggregate": list(self.aggregate), "higher_is_better": self.higher_is_better,
-                "needs": list(self.needs)}
+                "needs": list(self.needs), **({"note": self.note} if self.note else {})}
 
 
-def evaluate(metrics: Sequence[Metric], utterances: Sequence[Utterance]
+def evaluate(metrics: Sequence[Metric], utterances: Sequence[Utterance], options: dict[str, Any] | None = None
              ) -> tuple[dict[str, list[float | Ratio]], dict[str, float]]:
     """Score every utterance with every metric -> (per-utterance values by metric name, aggregated
-    figures keyed '<name>_<aggregation>')."""
+    figures keyed '<name>_<aggregation>'). `options` maps a metric's `options` name to its settings."""
     if not utterances:
         raise ValueError("no utterances to score: pass at least one (reference, hypothesis) pair")
-    values = {m.name: [m.fn(u) for u in utterances] for m in metrics}
+    options = options or {}
+    values = {m.name: m.score(utterances, options.get(m.options)) for m in metrics}
     figures = {}
     for m in metrics:
         for agg, key in zip(m.aggregate, m.keys()):
@@ -144,3 +173,13 @@ def evaluate(metrics: Sequence[Metric], utterances: Sequence[Utterance]
             except ValueError as e:
                 raise ValueError(f"metric '{m.name}': {e}") from None
     return values, figures
+
+
+def resampled(wave, sample_rate: int, target_rate: int) -> torch.Tensor:
+    """A 1-D float32 wave [T] (tensor or array) at `sample_rate`, resampled to `target_rate` -> [T']."""
+    import torchaudio.functional as AF
+
+    wave = torch.as_tensor(wave, dtype=torch.float32).reshape(-1)
+    if sample_rate == target_rate or wave.numel() == 0:
+        return wave
+    return AF.resample(wave, sample_rate, target_rate)
