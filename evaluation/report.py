@@ -1,72 +1,122 @@
 """What `evaluation.score` leaves behind: the summary, a row per utterance, wavs, a plot, MLflow.
 
     <out>/summary.json      every figure, with the settings that produced it
-    <out>/utterances.csv    reference, transcripts, every metric (WER, CER, ...), durations, token counts
-    <out>/wer.png           per-utterance WER of the generated speech next to the toplines
+    <out>/utterances.csv    reference, transcripts, every metric (WER, CER, speaker similarity, MOS, ...)
+                            per system, durations, token counts
+    <out>/scores.png        per-utterance values of each metric, a box per system
     <out>/wavs/NNN-<key>.wav  the generated speech (24 kHz)
 
-The metrics, their summary.json keys, csv columns, MLflow names and report columns all follow the
-specs in `evaluation.metrics.METRICS`: adding a metric does not touch this file.
+A "system" is one row of the report: the generated speech, and the toplines and floor that say what
+the figures mean on this data (the reference audio itself, its codec round trip, another speaker's
+utterance). The metrics, their summary.json keys, csv columns, MLflow names and report columns all
+follow the specs in `evaluation.metrics.METRICS`: adding a metric does not touch this file.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
+import textwrap
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from evaluation.metrics import AGGREGATIONS, score_texts, text_metrics
+from evaluation.metrics import AGGREGATIONS, METRICS, Metric, Utterance, evaluate
+from evaluation.metrics.text import text_utterances
 from s2s.tracking import Run, TrackingConfig, TrackingError
 
 
 SYSTEMS = {"generated": "generated speech", "reference": "reference audio (topline)",
-           "snac_roundtrip": "reference via SNAC (topline)"}
+           "snac_roundtrip": "reference via SNAC (topline)",
+           "other_speaker": "another speaker's utterance (floor)"}
 
 
-def summarize(examples: list, generated: list[dict], hyps: dict[str, list[str]], normalizer: str,
-              sample_rate: int) -> tuple[dict, list[dict]]:
-    """Figures per system (generated, toplines) for every text metric in METRICS, and one row per utterance.
+@dataclass
+class System:
+    """What one report row scores, per utterance (in the examples' order).
 
-    summary["asr_scores"][system] holds n and '<metric>_<aggregation>' (e.g. wer_pooled, wer_mean);
-    summary["metrics"] the specs, so that the report and MLflow names follow the registry.
+    texts: ASR transcripts (None: no text metric applies). waves: 1-D float tensors at the codec's
+    rate (None: no wave metric applies). paired: metrics that compare the wave with the reference wave
+    apply (False for the reference itself: it would be compared with itself). pairs_only: only those
+    apply (the other-speaker floor exists for speaker similarity alone).
     """
 
-    metrics = text_metrics()  # read at call time: a metric added to METRICS shows up without edits here
+    texts: list[str] | None = None
+    waves: list | None = None
+    paired: bool = True
+    pairs_only: bool = False
+
+    def takes(self, m: Metric) -> bool:
+        """Whether metric `m` has what it needs here."""
+        needs = set(m.needs)
+        return not (("text" in needs and self.texts is None) or ("hypothesis_wave" in needs and self.waves is None)
+                    or ("reference_wave" in needs and not self.paired)
+                    or (self.pairs_only and "reference_wave" not in needs))
+
+
+def summarize(examples: list, generated: list[dict], systems: dict[str, System], normalizer: str,
+              sample_rate: int, metrics: list[Metric] | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[dict, list[dict]]:
+    """Figures per system for every metric it takes, and one row per utterance.
+
+    metrics: default every registered metric (METRICS, read at call time: a metric added there shows
+    up without edits here). options: a metric's settings by its `options` name (e.g. "speaker").
+    summary["scores"][system] holds n and '<metric>_<aggregation>' (e.g. wer_pooled, spk_sim_mean);
+    summary["metrics"] the specs, so that the report and MLflow names follow the registry.
+    """
+    metrics = list(METRICS.values()) if metrics is None else metrics
+    options = options or {}
     refs, languages = [e.text for e in examples], [e.language for e in examples]
     per_system, values = {}, {}
-    for system, texts in hyps.items():
-        _, values[system], figures = score_texts(refs, texts, normalizer, languages, metrics)
-        per_system[system] = {"n": len(refs), **figures}
+    for name, system in systems.items():
+        used = [m for m in metrics if system.takes(m)]
+        if not used:
+            continue
+        texts = system.texts if system.texts is not None else [""] * len(refs)
+        utterances = [dataclasses.replace(u, reference_wave=e.target24k, sample_rate=sample_rate,
+                                          hypothesis_wave=None if system.waves is None else system.waves[i])
+                      for i, (u, e) in enumerate(zip(text_utterances(refs, texts, normalizer, languages), examples))]
+        values[name], figures = evaluate(used, utterances, options)
+        per_system[name] = {"n": len(refs), **figures}
     rows = []
     for i, (e, g) in enumerate(zip(examples, generated)):
-        row = {"index": i, "key": e.key, "language": e.language, "reference_text": e.text,
-               "input_seconds": round(len(e.wave16k) / 16000, 3),
+        row = {"index": i, "key": e.key, "language": e.language, "speaker": getattr(e, "speaker", ""),
+               "reference_text": e.text, "input_seconds": round(len(e.wave16k) / 16000, 3),
                "reference_seconds": round(len(e.target24k) / 24000, 3),
                "generated_seconds": round(len(g["wave"]) / sample_rate, 3), "generated_tokens": g["tokens"],
                "stopped_at_end_of_speech": g["stopped"], "dropped_tokens": g["dropped_tokens"]}
-        for system, by_metric in values.items():
-            row[f"{system}_hypothesis"] = hyps[system][i]
-            row.update({f"{system}_{name}": round(float(v[i]), 4) for name, v in by_metric.items()})
+        for name, by_metric in values.items():
+            if systems[name].texts is not None:
+                row[f"{name}_hypothesis"] = systems[name].texts[i]
+            row.update({f"{name}_{metric}": round(float(v[i]), 4) for metric, v in by_metric.items()})
         rows.append(row)
-    summary = {"n": len(examples), "normalizer": normalizer, "asr_scores": per_system,
-               "metrics": {m.name: m.describe() for m in metrics},
+    used = [m for m in metrics if any(m.name in v for v in values.values())]
+    summary = {"n": len(examples), "normalizer": normalizer, "scores": per_system,
+               "metrics": {m.name: {**m.describe(), "title": m.title(options.get(m.options))} for m in used},
+               "metric_settings": {m.options: dataclasses.asdict(options[m.options]) for m in used
+                                   if m.options and dataclasses.is_dataclass(options.get(m.options))},
                "generated_audio_seconds": sum(len(g["wave"]) for g in generated) / sample_rate,
                "stopped_fraction": sum(g["stopped"] for g in generated) / max(1, len(generated))}
     return summary, rows
 
 
-def _plot(path: Path, rows: list[dict], systems: list[str], normalizer: str) -> None:
+def _plot(path: Path, rows: list[dict], summary: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    data = [[r[f"{s}_wer"] for r in rows] for s in systems]
-    ax.boxplot(data, showmeans=True)
-    ax.set_xticks(range(1, len(systems) + 1), [SYSTEMS[s].replace(" (topline)", "\n(topline)") for s in systems])
-    ax.set_ylabel(f"WER per utterance ({normalizer} normalizer)")
-    ax.set_title(f"ASR-WER, {len(rows)} utterances (triangle: mean)")
+    specs = summary["metrics"]
+    fig, axes = plt.subplots(1, len(specs), figsize=(4.2 * len(specs), 3.8), squeeze=False)
+    for ax, (name, spec) in zip(axes[0], specs.items()):
+        systems = [s for s in summary["scores"] if f"{s}_{name}" in rows[0]]
+        ax.boxplot([[r[f"{s}_{name}"] for r in rows] for s in systems], showmeans=True)
+        ax.set_xticks(range(1, len(systems) + 1), [textwrap.fill(SYSTEMS.get(s, s), 18) for s in systems], fontsize=7)
+        note = f", {summary['normalizer']} normalizer" if "text" in spec["needs"] else ""
+        ax.set_title(f"{spec['title']}{note}", fontsize=8)
+        ax.set_ylabel(f"per utterance ({'higher' if spec['higher_is_better'] else 'lower'} is better)", fontsize=8)
+    fig.suptitle(f"{len(rows)} utterances (triangle: mean)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -74,7 +124,7 @@ def _plot(path: Path, rows: list[dict], systems: list[str], normalizer: str) -> 
 
 def write_outputs(out_dir: Path, summary: dict, rows: list[dict], examples: list, generated: list[dict],
                   sample_rate: int) -> None:
-    """summary.json, utterances.csv, wer.png and the generated wavs under `out_dir`."""
+    """summary.json, utterances.csv, scores.png and the generated wavs under `out_dir`."""
     import soundfile as sf
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -88,16 +138,24 @@ def write_outputs(out_dir: Path, summary: dict, rows: list[dict], examples: list
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    if "wer" in summary["metrics"]:  # the plot is of WER only; other metrics are in the csv
-        _plot(out_dir / "wer.png", rows, list(summary["asr_scores"]), summary["normalizer"])
+    if summary["metrics"]:
+        _plot(out_dir / "scores.png", rows, summary)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str, ensure_ascii=False))
 
 
 def flat_metrics(summary: dict) -> dict[str, float]:
-    """The summary's numbers as MLflow metric names under eval/."""
+    """The summary's numbers as MLflow metric names under eval/: the generated speech's as
+    eval/<metric>_<aggregation>, plus eval/<metric> for its first aggregation (eval/wer = wer_pooled,
+    eval/spk_sim = spk_sim_mean: what `search --metric` and `compare` read); the other systems' as
+    eval/<system>/<metric>_<aggregation>."""
     out = {k: v for k, v in summary.get("teacher_forced", {}).items()}
-    for system, scores in summary["asr_scores"].items():
-        out.update({f"eval/asr/{system}/{k}": v for k, v in scores.items()})
+    for system, scores in summary["scores"].items():
+        out.update({(f"eval/{k}" if system == "generated" else f"eval/{system}/{k}"): v for k, v in scores.items()
+                    if k != "n"})
+    for name, spec in summary["metrics"].items():
+        primary = f"{name}_{spec['aggregate'][0]}"
+        if primary in summary["scores"].get("generated", {}):
+            out[f"eval/{name}"] = summary["scores"]["generated"][primary]
     for k in ("real_time_factor", "stopped_fraction", "generated_audio_seconds"):
         out[f"eval/{k}"] = summary[k]
     return {k: float(v) for k, v in out.items() if isinstance(v, (int, float)) and math.isfinite(v)}
@@ -134,15 +192,23 @@ def _metric_table(summary: dict) -> list[str]:
     metrics), a column per aggregation, a row per system; then what each aggregation means."""
     lines, used = [], []
     for name, spec in summary["metrics"].items():
-        title = spec["label"] + (f" ({summary['normalizer']} normalizer)" if "text" in spec["needs"] else "")
+        title = spec.get("title", spec["label"]) + (f", {summary['normalizer']} normalizer" if "text" in spec["needs"]
+                                                    else "")
         better = "higher is better" if spec["higher_is_better"] else "lower is better"
-        lines.append(f"  {title:34s}" + "".join(f" {agg:>8s}" for agg in spec["aggregate"]) + f"  ({better})")
-        for system, scores in summary["asr_scores"].items():
-            lines.append(f"    {SYSTEMS.get(system, system):32s}"
-                         + "".join(f" {scores[f'{name}_{agg}']:8.3f}" for agg in spec["aggregate"]))
+        lines.append(f"  {title:44s}" + "".join(f" {agg:>8s}" for agg in spec["aggregate"]) + f"  ({better})")
+        for system, scores in summary["scores"].items():
+            if f"{name}_{spec['aggregate'][0]}" in scores:
+                lines.append(f"    {SYSTEMS.get(system, system):42s}"
+                             + "".join(f" {scores[f'{name}_{agg}']:8.3f}" for agg in spec["aggregate"]))
         used += [agg for agg in spec["aggregate"] if agg not in used]
     # The docstrings' first lines say what each column is (e.g. pooled = corpus-level).
     lines += [f"  {AGGREGATIONS[agg].__doc__.splitlines()[0]}" for agg in used]
+    lines += [f"  {spec['label']}: {spec['note']}" for spec in summary["metrics"].values() if spec.get("note")]
+    if summary["normalizer"] == "seed" and any("text" in spec["needs"] for spec in summary["metrics"].values()):
+        lines.append("  seed normalizer: Seed-TTS-eval's run_wer.py rule, which it defines for en and zh only; other "
+                     "languages get its English rule here. Its figure is WER mean (CER under it is ours, not theirs)")
+    if summary.get("other_speaker"):
+        lines.append(f"  {SYSTEMS['other_speaker']}: {summary['other_speaker']}")
     return lines
 
 
@@ -151,20 +217,23 @@ def format_report(summary: dict, out_dir: Path) -> str:
     lines = [f"checkpoint: {summary['checkpoint']}  ({summary['strategy']}, step {summary['step']}, "
              f"{summary['preset']} preset)"]
     if summary["preset"] == "tiny":
-        asr = " and a tiny random Whisper as ASR" if summary["asr"].get("tiny") else ""
+        asr = " and a tiny random Whisper as ASR" if (summary.get("asr") or {}).get("tiny") else ""
         lines.append(f"  tiny preset: random backbones{asr}; these figures test the pipeline, not a method")
     tf = summary.get("teacher_forced") or {}
     if tf:
         lines.append(f"teacher-forced: loss {tf['eval/tf/loss']:.4f} nats/target token, accuracy "
                      f"{tf['eval/tf/acc']:.3f}, k0 loss {tf.get('eval/tf/loss_k0', float('nan')):.4f}")
     asr = summary["asr"]
-    lines.append(f"ASR: {asr['backend']} ({asr['model'] or 'default'}), text normalizer '{summary['normalizer']}', "
-                 f"{summary['n']} utterances")
+    if asr:
+        lines.append(f"ASR: {asr['backend']} ({asr['model'] or 'default'}), text normalizer '{summary['normalizer']}', "
+                     f"{summary['n']} utterances")
+    else:
+        lines.append(f"{summary['n']} utterances; no text metric chosen, so no ASR")
     lines += _metric_table(summary)
     lines.append(f"generation: {summary['generated_audio_seconds']:.1f} s of audio in "
                  f"{summary['generation_seconds']:.1f} s (real-time factor {summary['real_time_factor']:.2f}); "
                  f"{summary['stopped_fraction']:.0%} ended with end_of_speech")
-    lines.append(f"outputs: {out_dir}/ (summary.json, utterances.csv, wer.png, wavs/)")
+    lines.append(f"outputs: {out_dir}/ (summary.json, utterances.csv, scores.png, wavs/)")
     if summary.get("mlflow_run_id"):
         lines.append(f"MLflow run: {summary['mlflow_run_id']} (metrics eval/..., artifacts eval/{Path(out_dir).name})")
     return "\n".join(lines)

@@ -1,19 +1,25 @@
-"""Score a checkpoint the way the speech-to-speech papers do: generate, transcribe, WER.
+"""Score a checkpoint the way the speech-to-speech papers do: generate, then ASR-WER, speaker
+similarity and quality (MOS), each beside toplines that say what the figure means on this data.
 
     python -m evaluation.score outputs/adapter_stage1/<run id>/final
     python -m evaluation.score CKPT --asr pocketsphinx --n 20 generation.temperature=0
     python -m evaluation.score CKPT --data my/dataset:es asr.model=/models/whisper-large-v3
+    python -m evaluation.score CKPT --metrics wer,spk_sim speaker.backend=wavlm speaker.model=/models/wavlm-sv
+    python -m evaluation.score CKPT --metrics mos_utmos quality.utmos_model=/models/utmos
 
 The strategy and backbones are rebuilt from the checkpoint's metadata (weights are read with
 safetensors only: nothing in a checkpoint is ever executed); `key=value` overrides apply to that
 config (`backbones.orpheus=DIR`, `data.eval_size=64`) or to this command's own settings
-(`generation.*`, `asr.*`, `n`, `normalizer`, ...; see `ScoreConfig`).
+(`generation.*`, `asr.*`, `speaker.*`, `quality.*`, `metrics`, `n`, `normalizer`, ...; see `ScoreConfig`).
 
 Reported, on the eval split: teacher-forced loss (nats per target token) and accuracy per
-frame position; ASR-WER/CER of the generated speech, corpus-level and mean per utterance; and
-two toplines that separate codec and ASR error from the model's: ASR-WER of the reference
-audio, and of the reference after a SNAC encode/decode round trip. Outputs: summary.json,
-utterances.csv, the wavs, logged to the checkpoint's MLflow run (`eval/...`) when it exists.
+frame position; then for the generated speech each chosen metric (default: wer, cer, spk_sim,
+mos_dnsmos; the README's table says what each measures): ASR-WER/CER, corpus-level and mean per
+utterance; speaker similarity to the reference; a MOS predictor. Beside them, the toplines that
+separate codec and ASR error from the model's: the reference audio, and the reference after a SNAC
+encode/decode round trip; and for speaker similarity the floor: another speaker's utterance.
+Outputs: summary.json, utterances.csv, scores.png, the wavs, logged to the checkpoint's MLflow run
+(`eval/wer`, `eval/spk_sim`, `eval/mos_dnsmos`, ...) when it exists.
 """
 from __future__ import annotations
 
@@ -43,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", action="append", help="eval data source(s) instead of the checkpoint's "
                         "(a save_to_disk dir or hub id[:config]); sets data.sources")
     parser.add_argument("--asr", help="ASR backend (sets asr.backend): whisper or pocketsphinx")
+    parser.add_argument("--metrics", help="comma-separated metric names (sets metrics), e.g. wer,spk_sim,mos_dnsmos; "
+                        "default: every metric that runs offline")
     parser.add_argument("--n", type=int, help="score the first N eval utterances (sets n)")
     parser.add_argument("--out", help="output directory (sets out)")
     parser.add_argument("--no-progress", action="store_true")
@@ -52,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.data:
         overrides.append(f"data.sources=[{','.join(args.data)}]")
     overrides += [f"{k}={v}" for k, v in (("asr.backend", args.asr), ("n", args.n), ("out", args.out),
+                                          ("metrics", args.metrics),
                                           ("strategy_name", args.strategy), ("preset", args.preset)) if v]
     try:
         result = score(args.checkpoint, overrides, progress=not args.no_progress)

@@ -1,14 +1,17 @@
-"""Scoring a checkpoint as the speech-to-speech papers do: generate, transcribe, WER; the library
-behind `python -m evaluation.score` (evaluation/score.py) and `compare --score`.
+"""Scoring a checkpoint as the speech-to-speech papers do: generate, then intelligibility (ASR-WER),
+speaker similarity and quality (a MOS predictor); the library behind `python -m evaluation.score`
+(evaluation/score.py), `compare --score` and `search --metric`.
 
 `score(checkpoint, overrides, ScoreConfig)` rebuilds the strategy and backbones from the
 checkpoint, reports teacher-forced loss and accuracy per frame position, generates speech for
-the eval split, transcribes it and the two toplines (reference audio, SNAC round trip), and
-writes and logs the results (evaluation/report.py).
+the eval split and scores it with the chosen metrics (evaluation/metrics/) beside the toplines
+(the reference audio, its SNAC round trip) and the speaker-similarity floor (another speaker's
+utterance), and writes and logs the results (evaluation/report.py).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +19,17 @@ from pathlib import Path
 import torch
 
 from evaluation.asr import build_asr
+from evaluation.metrics import METRICS, Metric, get_metric
+from evaluation.metrics.quality import QualityConfig
+from evaluation.metrics.speaker import SpeakerConfig
 from evaluation.metrics.text import NORMALIZERS
-from evaluation.report import log_results, scoring_run, summarize, write_outputs
+from evaluation.report import System, log_results, scoring_run, summarize, write_outputs
 from s2s.backbones import autocast
 from s2s.checkpoint import is_weights_file
-from s2s.config import validate
+from s2s.config import ConfigError, validate
 from s2s.data.loader import SkipCounter, load_examples
 from s2s.errors import DataError
+from s2s.registry import lookup
 from s2s.experiment import load_trained
 from s2s.generate import GenerationConfig, generate, tokens_to_audio
 from s2s.metrics import evaluate
@@ -48,9 +55,54 @@ class ScoreConfig:
     out: str = ""  # "" = outputs/score/<checkpoint name>-<time>
     toplines: bool = True
     teacher_forced: bool = True
+    # Names in evaluation.metrics.METRICS; None = every metric that runs offline (wer, cer, spk_sim, mos_dnsmos).
+    metrics: list[str] | None = None
     normalizer: str = field(default="whisper", metadata={"choices": tuple(NORMALIZERS)})  # evaluation/metrics/text.py
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     asr: AsrConfig = field(default_factory=AsrConfig)
+    speaker: SpeakerConfig = field(default_factory=SpeakerConfig)  # evaluation/metrics/speaker.py
+    quality: QualityConfig = field(default_factory=QualityConfig)  # evaluation/metrics/quality.py
+
+
+def chosen_metrics(score_cfg: ScoreConfig) -> list[Metric]:
+    """The metrics `score_cfg.metrics` names (UnknownNameError with the closest name), or the defaults."""
+    if score_cfg.metrics is None:
+        return [m for m in METRICS.values() if m.default]
+    if not score_cfg.metrics:
+        raise ConfigError(f"metrics is empty: name at least one of {', '.join(METRICS)} (e.g. --metrics wer,spk_sim)")
+    return [get_metric(name) for name in dict.fromkeys(score_cfg.metrics)]
+
+
+def figure_named(name: str) -> tuple[Metric, str]:
+    """The generated speech's figure that MLflow logs as `name`: 'eval/wer' (a metric's first
+    aggregation) or 'eval/wer_mean' -> (its metric, 'wer_pooled' / 'wer_mean'). An unknown name raises
+    UnknownNameError with the closest one."""
+    names = {}
+    for m in METRICS.values():
+        names[f"eval/{m.name}"] = (m, m.keys()[0])
+        names.update({f"eval/{key}": (m, key) for key, agg in zip(m.keys(), m.aggregate) if agg != "std"})
+    return lookup(names, name, "scored figure")
+
+
+def metric_options(score_cfg: ScoreConfig, metrics: list[Metric]) -> dict:
+    """Each metric's settings, by its `options` name (the ScoreConfig field that holds them)."""
+    return {m.options: getattr(score_cfg, m.options) for m in metrics if m.options}
+
+
+def other_speaker(examples: list) -> tuple[list[int] | None, str]:
+    """For each utterance, the index of another speaker's utterance to compare its reference with (the
+    speaker-similarity floor), and a sentence saying how it was chosen; None when there is none."""
+    n, speakers = len(examples), [e.speaker for e in examples]
+    if n < 2:
+        return None, "not scored: it needs at least 2 eval utterances"
+    if not all(speakers):  # no speaker column: a different utterance is the best guess
+        return [(i + 1) % n for i in range(n)], ("speakers unknown (set data.speaker_column), so each reference is "
+                                                 "compared with the next eval utterance, maybe the same speaker's")
+    idx = [next(((i + k) % n for k in range(1, n) if speakers[(i + k) % n] != speakers[i]), None) for i in range(n)]
+    if None in idx:
+        return None, f"not scored: every eval utterance is by speaker {speakers[0]}"
+    return idx, (f"each reference against the next eval utterance by a different speaker "
+                 f"({len(set(speakers))} speakers, data.speaker_column)")
 
 
 def load_for_scoring(checkpoint: str, overrides: list[str], score_cfg: ScoreConfig):
@@ -120,19 +172,39 @@ def asr_model_for(cfg, score_cfg: ScoreConfig) -> tuple[str | None, bool]:
     return FULL_ASR_MODEL, False
 
 
-def transcripts(asr, examples: list, items: list, generated: list[dict], core, score_cfg: ScoreConfig,
-                progress: bool) -> dict[str, list[str]]:
-    """ASR of the generated speech and, with toplines, of the reference and its SNAC round trip."""
-    langs, sr, bs = [e.language for e in examples], core.snac.sampling_rate, score_cfg.asr.batch_size
-    run = lambda waves, desc: transcribe(asr, waves, sr, langs, desc, progress, bs)  # noqa: E731
-    hyps = {"generated": run([g["wave"] for g in generated], "asr generated")}
+def roundtrip_waves(core, items: list, progress: bool) -> list[torch.Tensor]:
+    """The reference after SNAC: the prepared targets are SNAC's codes of the reference, so decoding them
+    is the round trip."""
+    return [tokens_to_audio(core, it.speech_tokens)[0] for it in
+            progress_bar(items, desc="snac round trip", unit="utt", disable=not progress)]
+
+
+@functools.lru_cache(maxsize=2)
+def _asr(backend: str, model: str | None, device: str, batch_size: int):
+    # Once per process: compare and search score many checkpoints with the same ASR.
+    return build_asr(backend, model=model, device=device, batch_size=batch_size)
+
+
+def scored_systems(examples: list, items: list, generated: list[dict], core, score_cfg: ScoreConfig,
+                   metrics: list[Metric], asr_model: str | None, progress: bool) -> tuple[dict[str, System], str]:
+    """The report's rows: the generated speech and, with toplines, the reference audio, its SNAC round
+    trip and another speaker's utterance; transcribed when a chosen metric reads text. Returns the
+    systems and how the other-speaker utterances were chosen ("" without toplines)."""
+    systems = {"generated": System(waves=[g["wave"] for g in generated])}
+    how = ""
     if score_cfg.toplines:
-        hyps["reference"] = run([e.target24k for e in examples], "asr reference")
-        # The prepared targets are SNAC's codes of the reference: decoding them is the round trip.
-        roundtrip = [tokens_to_audio(core, it.speech_tokens)[0] for it in
-                     progress_bar(items, desc="snac round trip", unit="utt", disable=not progress)]
-        hyps["snac_roundtrip"] = run(roundtrip, "asr round trip")
-    return hyps
+        systems["reference"] = System(waves=[e.target24k for e in examples], paired=False)
+        systems["snac_roundtrip"] = System(waves=roundtrip_waves(core, items, progress))
+        idx, how = other_speaker(examples)
+        if idx is not None and any("reference_wave" in m.needs for m in metrics):
+            systems["other_speaker"] = System(waves=[examples[j].target24k for j in idx], pairs_only=True)
+    if any("text" in m.needs for m in metrics):
+        asr = _asr(score_cfg.asr.backend, asr_model, score_cfg.asr.device, score_cfg.asr.batch_size)
+        langs, sr, bs = [e.language for e in examples], core.snac.sampling_rate, score_cfg.asr.batch_size
+        for name, system in systems.items():
+            if not system.pairs_only:
+                system.texts = transcribe(asr, system.waves, sr, langs, f"asr {name}", progress, bs)
+    return systems, how
 
 
 def score(checkpoint: str, overrides: list[str] = (), score_cfg: ScoreConfig | None = None,
@@ -140,6 +212,7 @@ def score(checkpoint: str, overrides: list[str] = (), score_cfg: ScoreConfig | N
     """Score `checkpoint`; returns the summary (also written to disk and MLflow) and the output dir."""
     score_cfg = score_cfg or ScoreConfig()
     cfg, core, model, meta = load_for_scoring(checkpoint, list(overrides), score_cfg)
+    metrics = chosen_metrics(score_cfg)  # an unknown name fails before any work
     ckpt_dir = Path(checkpoint).resolve()
     weights_file = is_weights_file(ckpt_dir)  # a plain .pt names itself; no run or step to borrow from it
     if ckpt_dir.is_file() and not weights_file:  # its model.safetensors or meta.json was named
@@ -161,14 +234,15 @@ def score(checkpoint: str, overrides: list[str] = (), score_cfg: ScoreConfig | N
         generated = generate_all(model, items, collate, score_cfg.generation, progress)
         gen_seconds = time.perf_counter() - t0
 
-        asr_model, tiny_asr = asr_model_for(cfg, score_cfg)
-        asr = build_asr(score_cfg.asr.backend, model=asr_model, device=score_cfg.asr.device,
-                        batch_size=score_cfg.asr.batch_size)
-        hyps = transcripts(asr, examples, items, generated, core, score_cfg, progress)
-        summary, rows = summarize(examples, generated, hyps, score_cfg.normalizer, core.snac.sampling_rate)
+        uses_text = any("text" in m.needs for m in metrics)
+        asr_model, tiny_asr = asr_model_for(cfg, score_cfg) if uses_text else (None, False)
+        systems, how = scored_systems(examples, items, generated, core, score_cfg, metrics, asr_model, progress)
+        summary, rows = summarize(examples, generated, systems, score_cfg.normalizer, core.snac.sampling_rate,
+                                  metrics, metric_options(score_cfg, metrics))
         summary.update({
             "checkpoint": str(ckpt_dir), "strategy": cfg.strategy_name, "preset": cfg.preset, "step": meta.get("step"),
-            "asr": {"backend": score_cfg.asr.backend, "model": asr_model, "tiny": tiny_asr},
+            "asr": {"backend": score_cfg.asr.backend, "model": asr_model, "tiny": tiny_asr} if uses_text else None,
+            "other_speaker": how if "other_speaker" in summary["scores"] else "",
             "generation": dataclasses.asdict(score_cfg.generation), "teacher_forced": teacher,
             "skipped_samples": skips.as_dict(), "generation_seconds": gen_seconds,
             "real_time_factor": gen_seconds / max(1e-9, summary["generated_audio_seconds"]),

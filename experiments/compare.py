@@ -13,9 +13,10 @@ config is reused. A strategy that builds on another's checkpoint (its `requires`
 strategy on a stage-1 run) trains after that strategy, starting from the same seed's run, unless its
 key is given; its row states the whole step budget.
 `--score N` (default 8; 0 = off) generates speech for the first N eval utterances from every final
-checkpoint (greedy unless score.generation.temperature is set), transcribes it, and reports ASR-WER and
-CER beside two toplines (the reference audio and its SNAC round trip); the scores are logged to each
-run. A reused run keeps the scores compare gave it before with identical settings, else is scored again.
+checkpoint (greedy unless score.generation.temperature is set) and scores it as evaluation.score does:
+ASR-WER, CER, speaker similarity and MOS (score.metrics=wer,spk_sim picks), beside the toplines (the
+reference audio, its SNAC round trip) and the speaker-similarity floor (another speaker); the scores
+are logged to each run. A reused run keeps the scores compare gave it before with identical settings, else is scored again.
 Writes a markdown table, a PNG of eval-loss curves and a JSON of the figures; logs them to the parent.
 """
 from __future__ import annotations
@@ -26,8 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from evaluation.report import SYSTEMS
-from evaluation.scoring import ScoreConfig, score
+from evaluation.report import SYSTEMS, flat_metrics
+from evaluation.scoring import ScoreConfig, chosen_metrics, metric_options, score
 from s2s.compare import Scorer, compare, plan
 from s2s.config import ConfigError, apply_overrides, validate
 from s2s.errors import UserError
@@ -45,20 +46,31 @@ def make_scorer(n: int, overrides: list[str], progress: bool) -> Scorer:
     apply_overrides(cfg, overrides)
     validate(cfg)
 
+    metrics = chosen_metrics(cfg)
+    options = metric_options(cfg, metrics)
+
     def fn(checkpoint: str, out_dir: Path, toplines: bool) -> dict:
         s = score(checkpoint, (), dataclasses.replace(cfg, toplines=toplines, out=str(out_dir)), progress)["summary"]
-        systems = dict(s["asr_scores"])
+        systems = dict(s["scores"])
         return {"generated": systems.pop("generated"), "toplines": systems, "run_id": s["mlflow_run_id"],
-                "step": s["step"], "tiny_asr": s["asr"]["tiny"]}
+                "step": s["step"], "tiny_asr": bool((s["asr"] or {}).get("tiny")), "mlflow": flat_metrics(s)}
 
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "toplines")}
+    settings["metrics"] = [m.name for m in metrics]  # the defaults spelled out: a new default is a new setting
     g, asr = cfg.generation, cfg.asr
     how = "greedily" if g.temperature == 0 else f"temperature {g.temperature}, top_p {g.top_p}, seed {g.seed}"
-    description = (f"corpus-level (total errors / total reference words or characters) on the first {n} eval "
-                   f"utterances, speech generated {how} (repetition penalty {g.repetition_penalty}, at most "
-                   f"{g.max_new_tokens} tokens), transcribed by {asr.backend} ({asr.model or 'the preset default'}), "
-                   f"'{cfg.normalizer}' text normalizer")
-    return Scorer(fn, settings, description, labels={k: v for k, v in SYSTEMS.items() if k != "generated"})
+    measured = []
+    for m in metrics:
+        what = f"{m.title(options.get(m.options))}, {m.aggregate[0]}"
+        measured.append(what + (f", '{cfg.normalizer}' text normalizer" if "text" in m.needs else ""))
+    asr_used = any("text" in m.needs for m in metrics)
+    description = (f"on the first {n} eval utterances, speech generated {how} (repetition penalty "
+                   f"{g.repetition_penalty}, at most {g.max_new_tokens} tokens)"
+                   + (f", transcribed by {asr.backend} ({asr.model or 'the preset default'})" if asr_used else "")
+                   + f"; {'; '.join(measured)}")
+    columns = tuple((m.label, m.keys()[0]) for m in metrics)
+    return Scorer(fn, settings, description, columns=columns,
+                  labels={k: v for k, v in SYSTEMS.items() if k != "generated"})
 
 
 def main(argv: list[str] | None = None) -> int:

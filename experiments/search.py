@@ -13,7 +13,15 @@ in s2s/search/space.py). `key=value` overrides fix every other key, and pin a se
 
 Each trial reports the eval loss at every evaluation (train.eval_every); the pruner (median by
 default, or hyperband) stops unpromising trials early. The objective is the final eval loss
-(nats per target token), minimized.
+(nats per target token), minimized; `--metric` picks another:
+- a figure of the trainer's evaluation (eval/acc is maximized, eval/loss_k0 minimized, ...);
+- a figure of the final checkpoint's generated speech, scored as evaluation.score does on the first
+  `--score N` eval utterances (default 8; `score.KEY=VALUE` sets the scoring, e.g.
+  score.speaker.backend=wavlm): eval/wer (corpus WER), eval/wer_mean, eval/cer, eval/spk_sim,
+  eval/mos_dnsmos, ... in the direction its metric says (WER minimized, similarity and MOS
+  maximized). It exists only at the end of a trial, so nothing is pruned (--pruner none).
+
+    python -m experiments.search adapter_stage1 --trials 10 --metric eval/spk_sim --score 16
 
 The study lives in `--storage` (default: SQLite at <tracking.root>/optuna.db). Re-running the
 same command resumes it: finished (complete or pruned) trials are kept and only the missing
@@ -29,21 +37,57 @@ are artifacts of the parent.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
 import time
 import traceback
+from pathlib import Path
 
+from evaluation.scoring import ScoreConfig, chosen_metrics, figure_named, score
+from s2s.config import ConfigError, apply_overrides, validate
 from s2s.errors import UserError
 from s2s.progress import quiet_library_bars
 from s2s.experiment_config import PRESETS
-from s2s.search.objective import PRUNERS, Search, resolve
+from s2s.search.objective import PRUNERS, Goal, Search, resolve
 from s2s.search.session import finish, open_search, run_trials
 from s2s.search.study import METRIC
 from s2s.tracking import ui_command
 
 EXIT = {"FINISHED": 0, "FAILED": 1, "KILLED": 130}
+SCORE_PREFIX = "score."
+
+
+def make_goal(metric: str, n: int, score_overrides: list[str]) -> Goal:
+    """The objective for `--metric`: a figure of the trainer's evaluation (eval/loss..., eval/acc...), or one
+    of the generated speech of the final checkpoint, scored by evaluation.scoring on its first n eval
+    utterances and logged to the trial's run."""
+    trainer_figure = metric.startswith(("eval/loss", "eval/acc"))
+    if trainer_figure or not metric.startswith("eval/"):
+        if score_overrides:
+            raise ConfigError(f"'{SCORE_PREFIX}{score_overrides[0]}': score.* settings apply to scored metrics "
+                              f"(--metric eval/wer, eval/spk_sim, ...), not to {metric}")
+        if not trainer_figure:
+            raise ConfigError(f"--metric {metric}: give eval/loss (default), eval/acc, eval/loss_k0 ..., or a scored "
+                              f"figure such as eval/wer, eval/spk_sim, eval/mos_dnsmos")
+        return Goal(metric, "maximize" if "acc" in metric else "minimize")
+    spec, key = figure_named(metric)
+    if n < 1:
+        raise ConfigError(f"--score must be at least 1 utterance to score {metric}, got {n}")
+    cfg = ScoreConfig(n=n, teacher_forced=False, toplines=False, metrics=[spec.name])
+    cfg.generation.temperature = 0.0  # greedy: trials differ only by their model
+    apply_overrides(cfg, score_overrides)
+    validate(cfg)
+    chosen_metrics(cfg)  # an unknown name in score.metrics fails now, not after the first trial
+
+    def scored(checkpoint: str, run_id: str) -> float:
+        summary = score(checkpoint, (), dataclasses.replace(cfg, out=str(Path(checkpoint).parent / "score")),
+                        progress=False)["summary"]
+        return summary["scores"]["generated"][key]
+
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"}
+    return Goal(metric, "maximize" if spec.higher_is_better else "minimize", scored, {"score": settings})
 
 
 def _spawn_workers(s: Search, argv: list[str], k: int) -> list[int]:
@@ -64,7 +108,8 @@ def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(prog="python -m experiments.search", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("strategy", help="strategy name (python -m experiments.run --list)")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides fixed for every trial")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides fixed for every trial, and "
+                        "score.key=value for a scored --metric")
     parser.add_argument("--trials", type=int, default=20, help="finished (complete or pruned) trials wanted")
     parser.add_argument("--study", default=None, help="study name (default: <strategy>-<preset>-<config hash>)")
     parser.add_argument("--storage", default=None, help="Optuna database URL (default: sqlite under tracking.root)")
@@ -73,7 +118,11 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--config", action="append", default=[], help="extra YAML config file(s)")
     parser.add_argument("--space", default=None, help="YAML search space extending/overriding the default")
     parser.add_argument("--replace-space", action="store_true", help="use --space alone, not the default space")
-    parser.add_argument("--pruner", default="median", choices=PRUNERS)
+    parser.add_argument("--pruner", default=None, choices=PRUNERS,
+                        help="default: median; none when --metric is scored on the final checkpoint")
+    parser.add_argument("--metric", default=METRIC, help="the objective (default eval/loss); see above")
+    parser.add_argument("--score", type=int, default=8, metavar="N",
+                        help="eval utterances a scored --metric is measured on (default 8)")
     parser.add_argument("--seed", type=int, default=None, help="sampler seed (reproducible with one worker)")
     parser.add_argument("--heartbeat", type=int, default=10,
                         help="seconds between worker heartbeats; a trial silent for twice this is retried")
@@ -87,11 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     quiet_library_bars()
+    overrides = [o for o in args.overrides if not o.startswith(SCORE_PREFIX)]
+    score_overrides = [o[len(SCORE_PREFIX):] for o in args.overrides if o.startswith(SCORE_PREFIX)]
     try:  # everything is checked and opened before any trial
-        s = resolve(args.strategy, args.overrides, preset=args.preset, config_files=args.config,
+        goal = make_goal(args.metric, args.score, score_overrides)
+        s = resolve(args.strategy, overrides, preset=args.preset, config_files=args.config,
                     space_file=args.space, replace_space=args.replace_space, trials=args.trials,
                     workers=args.workers, study=args.study, storage=args.storage, pruner=args.pruner,
-                    seed=args.seed, heartbeat=args.heartbeat, worker_index=args.worker_index,
+                    seed=args.seed, heartbeat=args.heartbeat, worker_index=args.worker_index, goal=goal,
                     progress=not args.no_progress and args.workers == 1 and sys.stderr.isatty())
         if s.pinned:
             print(f"fixed by overrides, not searched: {', '.join(s.pinned)}")
@@ -102,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_summary:
         state = "new" if session.new else f"resumed: {session.finished_before} finished trial(s)"
         print(f"study '{s.study_name}' ({state}) in {s.storage_url}\nsearching {', '.join(s.space)} for "
-              f"{s.n_trials} trial(s) with {args.workers} worker(s), {s.pruner} pruner; MLflow parent run "
+              f"{s.n_trials} trial(s) with {args.workers} worker(s), {s.goal.direction} {s.goal.metric}, "
+              f"{s.pruner} pruner; MLflow parent run "
               f"{session.parent.run_id} ({'created' if session.created else 'found again'})")
 
     started = time.time()
@@ -126,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{summary['pruned']} pruned), {summary['failed']} failed; {time.time() - started:.0f} s this session")
     if "best" in summary:
         b = summary["best"]
-        print(f"best trial #{b['trial']}: {METRIC} = {b[METRIC]:.4f}")
+        print(f"best trial #{b['trial']}: {b['metric']} = {b['value']:.4f}")
         for k, v in b["params"].items():
             print(f"  {k}={v:.4g}" if isinstance(v, float) else f"  {k}={v}")
         print(f"  its run: {b['mlflow_run_id']}, checkpoint: {b['checkpoint']}")

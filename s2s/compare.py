@@ -181,7 +181,9 @@ class Scorer:
 
     `fn(checkpoint, out_dir, toplines)` scores one checkpoint (writing its files under out_dir) and
     returns {"generated": {figure: value}, "toplines": {system: {figure: value}} (empty unless
-    toplines), "run_id": the MLflow run it logged to, "step": the step it logged at, "tiny_asr": bool}.
+    toplines), "run_id": the MLflow run it logged to, "step": the step it logged at, "tiny_asr": bool,
+    "mlflow": {MLflow name: value}, the figures as the scorer logs them}.
+    `columns`: (header, figure) per metric in the table, e.g. ("WER", "wer_pooled").
     `settings` is everything that decides the figures (utterances, generation, ASR, normalizer):
     runs scored by compare with equal settings reuse their figures (tag s2s.compare_scores.<key>).
     """
@@ -189,7 +191,7 @@ class Scorer:
     fn: Callable[[str, Path, bool], dict]
     settings: dict
     description: str  # one sentence for the report: which utterances, generation and ASR
-    columns: tuple[tuple[str, str], ...] = (("ASR-WER", "wer_pooled"), ("CER", "cer_pooled"))  # (header, figure)
+    columns: tuple[tuple[str, str], ...] = (("WER", "wer_pooled"), ("CER", "cer_pooled"))
     labels: dict[str, str] = field(default_factory=dict)  # topline system -> row label
 
     @property
@@ -211,8 +213,8 @@ def score_results(results: list[dict], cfgs: list[ExperimentConfig], scorer: Sco
 
     A run whose figures compare logged before with the same settings (its tag s2s.compare_scores.<key>)
     keeps them; any other is scored again. The figures end up on the run itself: the scorer logs to the
-    checkpoint's MLflow run, and if it logged elsewhere (the store moved), they are logged here as
-    eval/asr/<system>/<figure> at the checkpoint's step.
+    checkpoint's MLflow run, and if it logged elsewhere (the store moved), they are logged here under
+    the scorer's names at the checkpoint's step.
     """
     tag = SCORE_TAG + scorer.key
     toplines: dict[str, dict] = {}  # utterance set -> {"figures": {system: figures}, "strategies": [...]}
@@ -225,13 +227,11 @@ def score_results(results: list[dict], cfgs: list[ExperimentConfig], scorer: Sco
             print(f"reusing the scores of run {r['run_id']} ({r['strategy']}, seed {r['seed']}): same settings")
         else:
             got = scorer.fn(r["checkpoint"], out / "scores" / f"{r['strategy']}-seed{r['seed']}", need_toplines)
+            mlflow_figures = got.get("mlflow") or {}
             got = {"generated": got["generated"], "toplines": got.get("toplines") or {},
                    "tiny_asr": bool(got.get("tiny_asr")), "logged_to": got.get("run_id"), "step": got.get("step")}
             if got["logged_to"] != r["run_id"]:
-                systems = {"generated": got["generated"], **got["toplines"]}
-                log_metrics(client, r["run_id"], {f"eval/asr/{system}/{k}": v for system, figures in systems.items()
-                                                  for k, v in figures.items() if isinstance(v, (int, float))},
-                            got["step"] or r["steps"] or 0)
+                log_metrics(client, r["run_id"], mlflow_figures, got["step"] or r["steps"] or 0)
             if len(json.dumps(got)) <= 8000:  # MLflow's limit on a tag value; longer: scored again next time
                 client.set_tag(r["run_id"], tag, json.dumps(got))
         r["scores"], r["tiny_asr"] = got["generated"], got.get("tiny_asr", False)

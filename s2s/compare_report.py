@@ -51,7 +51,7 @@ def _steps_cell(rs: list[dict]) -> str:
 def table(results: list[dict], strategies: list[str], seeds: int, toplines: list[dict] | None = None,
           scorer: Scorer | None = None, preset: str = "") -> str:
     """The markdown report: a row per strategy (mean ± std over seeds), the toplines, the card's figures."""
-    score_cols = scorer.columns if scorer else (("ASR-WER", ""),)
+    score_cols = scorer.columns if scorer else (("WER", ""),)
     head = ["strategy", "optimizer steps (total)", "train loss", "eval loss", "eval loss, shuffled audio",
             "listening gap", "gap on k0", "token acc", *(h for h, _ in score_cols), "trainable params",
             "wall time (s)"]
@@ -89,7 +89,7 @@ def table(results: list[dict], strategies: list[str], seeds: int, toplines: list
         what = "Whisper, Orpheus, SNAC" + (" and the Whisper that transcribes" if asr_tiny else "")
         warning = (f"**Tiny preset: every model here ({what}) has random weights. These numbers show that the "
                    "pipeline trains, listens and scores; they say nothing about the methods"
-                   + (", and the ASR-WER/CER of random-weight models least of all" if scorer else "") + ".**\n\n")
+                   + (", and the scores of random-weight models least of all" if scorer else "") + ".**\n\n")
     own = sorted({r["steps"] for r in results}, key=str)
     steps_note = f"{own[0]} optimizer steps each" if len(own) == 1 else "the optimizer steps in the steps column"
     if any(len(r["budget"]) > 1 for r in results):

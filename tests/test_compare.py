@@ -100,21 +100,23 @@ def test_the_note_on_the_card_figures(first):
     assert "0.1·ln(156940) = 1.20 per token" in text and "18.68/16 = 1.17" in text
 
 
-def test_asr_wer_and_cer_columns_hold_numbers(first):
+def test_wer_cer_speaker_and_mos_columns_hold_numbers(first):
     report, _ = first
     text = (report / "comparison.md").read_text()
     results = json.loads((report / "results.json").read_text())
     for name in STRATEGIES:
         cells = cells_of(text, name)
         rs = [r for r in results if r["strategy"] == name]
-        for column, figure in (("ASR-WER", "wer_pooled"), ("CER", "cer_pooled")):
+        for column, figure in (("WER", "wer_pooled"), ("CER", "cer_pooled"), ("speaker similarity", "spk_sim_mean"),
+                               ("MOS (DNSMOS OVRL)", "mos_dnsmos_mean")):
             mean, std = mean_std(cells[column])
             values = [r["scores"][figure] for r in rs]
-            assert all(math.isfinite(v) and v >= 0 for v in values)
+            assert all(math.isfinite(v) and v >= (-1 if figure == "spk_sim_mean" else 0) for v in values)
             assert mean == pytest.approx(statistics.mean(values), abs=1e-4)
             assert std == pytest.approx(statistics.stdev(values), abs=1e-4)
         assert all(r["scores"]["n"] == 2 for r in rs)  # the same 2 utterances for every run
     assert "on the first 2 eval utterances" in text and "generated greedily" in text
+    assert "speaker similarity, resemblyzer" in text and "'whisper' text normalizer" in text
     # the tiny preset says plainly what its figures are worth
     assert "Tiny preset" in text and "random weights" in text and "say nothing about the methods" in text
 
@@ -123,17 +125,23 @@ def test_toplines_are_rows_computed_once(first):
     report, _ = first
     text = (report / "comparison.md").read_text()
     toplines = json.loads((report / "toplines.json").read_text())
-    assert sorted(t["system"] for t in toplines) == ["reference", "snac_roundtrip"]
+    assert sorted(t["system"] for t in toplines) == ["other_speaker", "reference", "snac_roundtrip"]
     for label in ("reference audio (topline)", "reference via SNAC (topline)"):
         cells = cells_of(text, label)
-        wer, cer = float(cells["ASR-WER"]), float(cells["CER"])
+        wer, cer = float(cells["WER"]), float(cells["CER"])
         assert math.isfinite(wer) and wer >= 0 and math.isfinite(cer) and cer >= 0
+        assert 1 <= float(cells["MOS (DNSMOS OVRL)"]) <= 5
         assert cells["eval loss"] == ""  # a property of the data, codec and ASR: no training figures
+    # speaker similarity: the round trip and the other-speaker floor have it, the reference (itself) has not
+    assert cells_of(text, "reference audio (topline)")["speaker similarity"] == ""
+    assert -1 <= float(cells_of(text, "reference via SNAC (topline)")["speaker similarity"]) <= 1
+    floor = cells_of(text, "another speaker's utterance (floor)")
+    assert -1 <= float(floor["speaker similarity"]) <= 1 and floor["WER"] == "" and floor["MOS (DNSMOS OVRL)"] == ""
     # scored once, from the first run: only it wrote topline transcripts
     scored = sorted(p.name for p in (report / "scores").iterdir())
     assert scored == [f"{n}-seed{s}" for n in STRATEGIES for s in (0, 1)]
     with_toplines = [d for d in scored
-                     if "reference" in json.loads((report / "scores" / d / "summary.json").read_text())["asr_scores"]]
+                     if "reference" in json.loads((report / "scores" / d / "summary.json").read_text())["scores"]]
     assert with_toplines == ["adapter_stage1-seed0"]
 
 
@@ -143,16 +151,19 @@ def test_scores_are_logged_to_the_child_runs(first, setup):
     results = json.loads((report / "results.json").read_text())
     for r in results:
         run = client.get_run(r["run_id"])
-        assert run.data.metrics["eval/asr/generated/wer_pooled"] == pytest.approx(r["scores"]["wer_pooled"])
-        assert run.data.metrics["eval/asr/generated/cer_pooled"] == pytest.approx(r["scores"]["cer_pooled"])
-        history = client.get_metric_history(r["run_id"], "eval/asr/generated/wer_pooled")
+        assert run.data.metrics["eval/wer_pooled"] == pytest.approx(r["scores"]["wer_pooled"])
+        assert run.data.metrics["eval/cer_pooled"] == pytest.approx(r["scores"]["cer_pooled"])
+        assert run.data.metrics["eval/spk_sim"] == pytest.approx(r["scores"]["spk_sim_mean"])
+        history = client.get_metric_history(r["run_id"], "eval/wer")
         assert [m.step for m in history] == [2]  # at the checkpoint's step, beside the losses
         assert "eval/loss" in run.data.metrics and run.info.status == "FINISHED"
-        has_toplines = "eval/asr/reference/wer_pooled" in run.data.metrics
+        has_toplines = "eval/reference/wer_pooled" in run.data.metrics
         assert has_toplines == (r["strategy"] == "adapter_stage1" and r["seed"] == 0)
     (parent,) = [r for r in all_runs if "s2s.compare" in r.data.tags]
     assert "istlm_interleaved/wer_pooled_mean" in parent.data.metrics
     assert "topline/snac_roundtrip/wer_pooled" in parent.data.metrics
+    assert "adapter_stage1/spk_sim_mean_mean" in parent.data.metrics
+    assert "topline/other_speaker/spk_sim_mean" in parent.data.metrics
 
 
 def test_report_plot_and_json(first, setup):
@@ -215,15 +226,15 @@ def test_second_identical_compare_reuses_finished_runs_and_their_scores(first, s
         assert r["scores"] == o["scores"]  # scored before with the same settings: not scored again
     assert not (report.parent / "report2" / "scores").exists()
     text = (report.parent / "report2" / "comparison.md").read_text()
-    assert cells_of(text, "reference audio (topline)")["ASR-WER"] == \
-        cells_of((report / "comparison.md").read_text(), "reference audio (topline)")["ASR-WER"]
+    assert cells_of(text, "reference audio (topline)")["WER"] == \
+        cells_of((report / "comparison.md").read_text(), "reference audio (topline)")["WER"]
 
 
 def test_scoring_off_says_so(first, setup):
     root = setup[0]
     assert compare(setup, "report_noscore", "--score", "0", strategies=["istlm_interleaved"], seeds=1) == 0
     text = (root / "report_noscore" / "comparison.md").read_text()
-    assert cells_of(text, "istlm_interleaved")["ASR-WER"] == "not scored"
+    assert cells_of(text, "istlm_interleaved")["WER"] == "not scored"
     assert "topline" not in text and not (root / "report_noscore" / "toplines.json").exists()
 
 

@@ -125,11 +125,12 @@ def test_seed_like_rule_keeps_apostrophes_and_deletes_other_punctuation():
     assert one("Don't stop.", "dont stop", "seed-like")[1].rate == pytest.approx(0.5)
 
 
-def test_seed_was_renamed_seed_like_and_is_refused_with_a_hint():
-    # Seed-TTS-eval's exact rule (ASCII + Chinese punctuation, en/zh only) is not implemented: no "seed" mode.
-    assert list(NORMALIZERS) == ["whisper", "seed-like", "none"]
-    with pytest.raises(UnknownNameError, match="unknown text normalizer 'seed'. Did you mean 'seed-like'"):
-        normalize("x", "seed")
+def test_seed_is_exact_and_seed_like_is_kept():
+    assert list(NORMALIZERS) == ["whisper", "seed-like", "none", "seed"]
+    assert normalize("L’acqua è fredda.", "seed", "it") == "lacqua è fredda"  # ’ deleted, as Seed-TTS-eval does
+    assert normalize("L’acqua è fredda.", "seed-like") == "l'acqua è fredda"
+    with pytest.raises(UnknownNameError, match="unknown text normalizer 'sed'. Did you mean 'seed'"):
+        normalize("x", "sed")
 
 
 def test_none_normalizer_only_tidies_whitespace():
@@ -154,15 +155,15 @@ def test_spanish_and_italian_accents_are_kept(mode):
 
 def test_composed_and_decomposed_accents_are_equal():
     composed, decomposed = "caf\u00e9", "cafe\u0301"
-    for mode in NORMALIZERS:
-        assert one(composed, decomposed, mode)[1].rate == 0.0
+    for mode in NORMALIZERS:  # except seed: Seed-TTS-eval applies no Unicode normalization
+        assert one(composed, decomposed, mode)[1].rate == (1.0 if mode == "seed" else 0.0)
 
 
 # --- the registry ------------------------------------------------------------------------------
 
 def test_registry_lookup_and_spec_checks():
     assert get_metric("wer") is METRICS["wer"] and WER.keys() == ["wer_pooled", "wer_mean"]
-    with pytest.raises(UnknownNameError, match="unknown metric 'wre'. Did you mean 'wer'.*Available: wer, cer"):
+    with pytest.raises(UnknownNameError, match="unknown metric 'wre'. Did you mean 'wer'.*Available: wer, cer, spk_sim"):
         get_metric("wre")
     with pytest.raises(ValueError, match="unknown aggregation 'median'"):
         Metric("x", lambda u: 0.0, aggregate=("median",))
@@ -177,7 +178,7 @@ def test_a_registered_toy_metric_reaches_summary_rows_report_and_mlflow_names(mo
 
     import torch
 
-    from evaluation.report import flat_metrics, format_report, summarize
+    from evaluation.report import System, flat_metrics, format_report, summarize
 
     def exact(u):  # 1 when the normalized texts are equal
         return float(u.reference == u.hypothesis)
@@ -187,22 +188,24 @@ def test_a_registered_toy_metric_reaches_summary_rows_report_and_mlflow_names(mo
     examples = [SimpleNamespace(key=f"k{i}", language="es", text=t, wave16k=torch.zeros(1600),
                                 target24k=torch.zeros(2400)) for i, t in enumerate(["Hola, mundo.", "Sí"])]
     generated = [{"wave": torch.zeros(2048), "tokens": 7, "stopped": True, "dropped_tokens": 0}] * 2
-    hyps = {"generated": ["hola mundo", "no"], "reference": ["hola mundo", "sí"]}
-    summary, rows = summarize(examples, generated, hyps, "whisper", 24000)
+    systems = {"generated": System(texts=["hola mundo", "no"]), "reference": System(texts=["hola mundo", "sí"])}
+    summary, rows = summarize(examples, generated, systems, "whisper", 24000)
 
-    assert summary["asr_scores"]["generated"] == pytest.approx(
+    assert summary["scores"]["generated"] == pytest.approx(
         {"n": 2, "wer_pooled": 1 / 3, "wer_mean": 0.5, "cer_pooled": 2 / 12, "cer_mean": 0.5, "exact_match_mean": 0.5})
-    assert summary["asr_scores"]["reference"]["exact_match_mean"] == 1.0
-    assert summary["metrics"]["exact_match"] == {"label": "Exact match", "aggregate": ["mean"],
+    assert summary["scores"]["reference"]["exact_match_mean"] == 1.0
+    assert summary["metrics"]["exact_match"] == {"label": "Exact match", "aggregate": ["mean"], "title": "Exact match",
                                                  "higher_is_better": True, "needs": ["text"]}
     assert [r["generated_exact_match"] for r in rows] == [1.0, 0.0] and rows[1]["generated_wer"] == 1.0
 
     summary.update(checkpoint="ckpt", strategy="s", step=1, preset="full", asr={"backend": "whisper", "model": ""},
                    generation_seconds=1.0, real_time_factor=1.0)  # what evaluation.score adds
-    assert flat_metrics(summary)["eval/asr/generated/exact_match_mean"] == 0.5
+    flat = flat_metrics(summary)
+    assert flat["eval/exact_match_mean"] == flat["eval/exact_match"] == 0.5
+    assert flat["eval/reference/exact_match_mean"] == 1.0 and flat["eval/wer"] == flat["eval/wer_pooled"]
     report = format_report(summary, tmp_path)
-    assert "WER (whisper normalizer)" in report and "CER (whisper normalizer)" in report
-    assert "Exact match (whisper normalizer)" in report and "higher is better" in report
+    assert "WER, whisper normalizer" in report and "CER, whisper normalizer" in report
+    assert "Exact match, whisper normalizer" in report and "higher is better" in report
     assert "pooled: errors summed" in report and "mean: the mean of the per-utterance values" in report
 
 
@@ -211,3 +214,52 @@ def test_metrics_needing_waves_are_not_computed_from_texts(monkeypatch):
                                                needs=("reference_wave", "hypothesis_wave")))
     _, values, _ = score_texts(["a"], ["a"])
     assert set(values) == {"wer", "cer"}
+
+
+def test_a_registered_wave_metric_is_batched_per_system_with_its_options(monkeypatch):
+    """A batch metric reading waves gets every utterance of a system in one call, with the settings its
+    spec names; it skips the systems that lack what it needs (the floor takes only pair metrics)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from evaluation.report import System, summarize
+
+    calls = []
+
+    def peak(utterances, options):
+        calls.append((len(utterances), options, utterances[0].sample_rate))
+        return [float(u.hypothesis_wave.abs().max()) for u in utterances]
+
+    monkeypatch.setitem(METRICS, "peak", Metric("peak", batch=peak, aggregate=("mean",), needs=("hypothesis_wave",),
+                                                higher_is_better=True, options="loudness", label="peak"))
+    examples = [SimpleNamespace(key=f"k{i}", language="es", text="hola", wave16k=torch.zeros(1600),
+                                target24k=torch.full((2400,), 0.5)) for i in range(2)]
+    generated = [{"wave": torch.full((2048,), v), "tokens": 7, "stopped": True, "dropped_tokens": 0} for v in (0.1, 0.3)]
+    systems = {"generated": System(waves=[g["wave"] for g in generated]),
+               "reference": System(waves=[e.target24k for e in examples], paired=False),
+               "other_speaker": System(waves=[e.target24k for e in examples], pairs_only=True)}
+    summary, rows = summarize(examples, generated, systems, "whisper", 24000, [METRICS["peak"], METRICS["wer"]],
+                              {"loudness": "the settings"})
+    assert calls == [(2, "the settings", 24000), (2, "the settings", 24000)]  # generated, reference; not the floor
+    assert summary["scores"]["generated"]["peak_mean"] == pytest.approx(0.2)
+    assert summary["scores"]["reference"] == {"n": 2, "peak_mean": 0.5}  # no transcripts: no WER
+    assert "other_speaker" not in summary["scores"] and list(summary["metrics"]) == ["peak"]
+    assert [r["generated_peak"] for r in rows] == pytest.approx([0.1, 0.3])
+
+
+def test_a_batch_metric_must_return_one_value_per_utterance():
+    bad = Metric("bad", batch=lambda utts, o: [0.0], aggregate=("mean",), needs=("hypothesis_wave",))
+    with pytest.raises(ValueError, match="returned 1 values for 2 utterances"):
+        evaluate([bad], [Utterance(), Utterance()])
+    with pytest.raises(ValueError, match="exactly one of fn"):
+        Metric("both", fn=lambda u: 0.0, batch=lambda u, o: [])
+
+
+def test_unknown_metric_names_in_the_score_config_are_named():
+    from evaluation.scoring import ScoreConfig, chosen_metrics
+
+    assert [m.name for m in chosen_metrics(ScoreConfig())] == ["wer", "cer", "spk_sim", "mos_dnsmos"]  # utmos: opt-in
+    assert [m.name for m in chosen_metrics(ScoreConfig(metrics=["spk_sim", "wer"]))] == ["spk_sim", "wer"]
+    with pytest.raises(UnknownNameError, match="unknown metric 'spk_simm'. Did you mean 'spk_sim'"):
+        chosen_metrics(ScoreConfig(metrics=["spk_simm"]))

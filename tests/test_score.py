@@ -81,10 +81,14 @@ def test_score_writes_summary_rows_wavs_and_report(scored):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 3 and summary["strategy"] == "adapter_stage1" and summary["step"] == 2
     assert summary["checkpoint"].endswith("final")
-    assert set(summary["asr_scores"]) == {"generated", "reference", "snac_roundtrip"}
-    for scores in summary["asr_scores"].values():
-        assert {"wer_pooled", "wer_mean", "cer_pooled", "cer_mean"} <= set(scores)
-        assert scores["n"] == 3
+    assert set(summary["scores"]) == {"generated", "reference", "snac_roundtrip", "other_speaker"}
+    for system in ("generated", "reference", "snac_roundtrip"):
+        assert {"wer_pooled", "wer_mean", "cer_pooled", "cer_mean", "mos_dnsmos_mean"} <= set(summary["scores"][system])
+        assert summary["scores"][system]["n"] == 3
+    # Speaker similarity compares two different waves: not the reference with itself; the floor has it alone.
+    assert "spk_sim_mean" in summary["scores"]["generated"] and "spk_sim_mean" in summary["scores"]["snac_roundtrip"]
+    assert "spk_sim_mean" not in summary["scores"]["reference"]
+    assert set(summary["scores"]["other_speaker"]) == {"n", "spk_sim_mean", "spk_sim_std"}
     assert {"eval/tf/loss", "eval/tf/acc_k0"} <= set(summary["teacher_forced"])
     rows = list(csv.DictReader(open(out / "utterances.csv", encoding="utf-8")))
     assert len(rows) == 3
@@ -93,8 +97,10 @@ def test_score_writes_summary_rows_wavs_and_report(scored):
         assert sr == 24000 and len(wave) == 2048 * (int(row["generated_tokens"]) // 7)
         assert int(row["generated_tokens"]) <= 21 and row["reference_text"]
         assert float(row["generated_wer"]) >= 0
-    assert (out / "wer.png").stat().st_size > 0
-    assert "reference via SNAC (topline)" in captured.out and "WER (whisper normalizer)" in captured.out
+    assert (out / "scores.png").stat().st_size > 0
+    assert "reference via SNAC (topline)" in captured.out and "WER, whisper normalizer" in captured.out
+    assert "speaker similarity, resemblyzer" in captured.out and "MOS (DNSMOS OVRL), speechmos" in captured.out
+    assert "another speaker's utterance (floor)" in captured.out
     assert "tiny preset: random backbones and a tiny random Whisper as ASR" in captured.out  # labelled honestly
 
 
@@ -109,10 +115,14 @@ def test_score_logs_eval_metrics_and_outputs_to_the_training_run(scored, trained
     _, out, _, _ = scored
     _, run_id, uri = trained
     client = MlflowClient(uri)
-    history = client.get_metric_history(run_id, "eval/asr/generated/wer_pooled")
+    history = client.get_metric_history(run_id, "eval/wer")
     assert [m.step for m in history] == [2]
     summary = json.loads((out / "summary.json").read_text())
-    assert history[0].value == pytest.approx(summary["asr_scores"]["generated"]["wer_pooled"])
+    assert history[0].value == pytest.approx(summary["scores"]["generated"]["wer_pooled"])
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["eval/spk_sim"] == pytest.approx(summary["scores"]["generated"]["spk_sim_mean"])
+    assert metrics["eval/mos_dnsmos"] == pytest.approx(summary["scores"]["generated"]["mos_dnsmos_mean"])
+    assert metrics["eval/other_speaker/spk_sim_mean"] == pytest.approx(summary["scores"]["other_speaker"]["spk_sim_mean"])
     assert client.get_run(run_id).data.metrics["eval/tf/loss"] == pytest.approx(summary["teacher_forced"]["eval/tf/loss"])
     artifacts = [a.path for a in client.list_artifacts(run_id, f"eval/{out.name}")]
     assert f"eval/{out.name}/summary.json" in artifacts and f"eval/{out.name}/utterances.csv" in artifacts
@@ -249,10 +259,16 @@ def test_a_gatefusion_checkpoint_loads_without_its_stage1_checkpoint(trained, tm
         assert torch.equal(tensor, saved[name]), name
 
 
-def test_toplines_transcribe_the_reference_and_its_snac_round_trip(synth_examples, prepared_items, tiny_core):
+def test_toplines_transcribe_the_reference_and_its_snac_round_trip(synth_examples, prepared_items, tiny_core,
+                                                                   monkeypatch):
     """With an ASR that 'transcribes' a wave as its length and language, each system gets its own audio:
-    the generated wave, the reference, and the reference's SNAC codes decoded (whole 2048-sample frames)."""
-    from evaluation.scoring import ScoreConfig, transcripts
+    the generated wave, the reference, and the reference's SNAC codes decoded (whole 2048-sample frames);
+    the other-speaker floor gets another speaker's reference and no transcript."""
+    import dataclasses
+
+    import evaluation.scoring as scoring
+    from evaluation.metrics import METRICS
+    from evaluation.scoring import ScoreConfig, scored_systems
     from s2s.tokens import codes_to_tokens
 
     class LengthASR:
@@ -260,16 +276,45 @@ def test_toplines_transcribe_the_reference_and_its_snac_round_trip(synth_example
             assert sample_rate == 24000
             return [f"{len(w)} {lang}" for w, lang in zip(waves, languages)]
 
-    examples, items = synth_examples[1][:2], prepared_items[8:10]
-    generated = [{"wave": torch.zeros(2048 * 3)}, {"wave": torch.zeros(0)}]  # an empty wave is not transcribed
-    hyps = transcripts(LengthASR(), examples, items, generated, tiny_core, ScoreConfig(), progress=False)
-    assert hyps["generated"] == [f"6144 {examples[0].language}", ""]
+    monkeypatch.setattr(scoring, "_asr", lambda *a: LengthASR())
+    examples = [dataclasses.replace(e, speaker=v) for e, v in zip(synth_examples[1][:3], ["es+m1", "es+m1", "it+f2"])]
+    items = prepared_items[8:11]
+    generated = [{"wave": torch.zeros(2048 * 3)}, {"wave": torch.zeros(0)}, {"wave": torch.zeros(2048)}]
+    metrics = list(METRICS.values())
+    systems, how = scored_systems(examples, items, generated, tiny_core, ScoreConfig(), metrics, None, progress=False)
+    hyps = {name: s.texts for name, s in systems.items()}
+    assert hyps["generated"] == [f"6144 {examples[0].language}", "", f"2048 {examples[2].language}"]  # empty: no ASR
     assert hyps["reference"] == [f"{len(e.target24k)} {e.language}" for e in examples]
     frames = [len(it.speech_tokens) // 7 for it in items]
     assert hyps["snac_roundtrip"] == [f"{2048 * n} {e.language}" for n, e in zip(frames, examples)]
+    assert [len(w) for w in systems["snac_roundtrip"].waves] == [2048 * n for n in frames]
+    # the floor: each reference against the next utterance by another speaker; no transcript, pairs only
+    floor = systems["other_speaker"]
+    assert floor.texts is None and floor.pairs_only
+    assert [w is examples[j].target24k for w, j in zip(floor.waves, [2, 2, 0])] == [True] * 3
+    assert "different speaker" in how and not systems["reference"].paired
     # the prepared targets are SNAC's codes of the reference: decoding them is the encode/decode round trip
     # (SNAC's decoder adds noise, so the codes are compared, not the waves)
     assert torch.equal(items[0].speech_tokens, codes_to_tokens(tiny_core.encode_codes(examples[0].target24k),
                                                                tiny_core.layout))
-    assert ScoreConfig(toplines=False) and set(transcripts(LengthASR(), examples, items, generated, tiny_core,
-                                                           ScoreConfig(toplines=False), False)) == {"generated"}
+    alone, _ = scored_systems(examples, items, generated, tiny_core, ScoreConfig(toplines=False), metrics, None, False)
+    assert set(alone) == {"generated"}
+    # no text metric chosen: nothing is transcribed
+    wer_free = [METRICS["spk_sim"]]
+    monkeypatch.setattr(scoring, "_asr", lambda *a: pytest.fail("ASR built though no metric reads text"))
+    quiet, _ = scored_systems(examples, items, generated, tiny_core, ScoreConfig(), wer_free, None, False)
+    assert all(s.texts is None for s in quiet.values())
+
+
+def test_other_speaker_choice():
+    from types import SimpleNamespace
+
+    from evaluation.scoring import other_speaker
+
+    ex = lambda *speakers: [SimpleNamespace(speaker=s) for s in speakers]  # noqa: E731
+    assert other_speaker(ex("a", "a", "b", "c"))[0] == [2, 2, 3, 0]
+    idx, how = other_speaker(ex("a", "a"))
+    assert idx is None and "every eval utterance is by speaker a" in how
+    idx, how = other_speaker(ex("", "", ""))
+    assert idx == [1, 2, 0] and "speakers unknown (set data.speaker_column)" in how
+    assert other_speaker(ex("a"))[0] is None

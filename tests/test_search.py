@@ -334,3 +334,38 @@ def test_resume_after_a_worker_is_killed_mid_trial(env, tmp_path, capsys):
     dead = client.get_run(victim.user_attrs["mlflow_run_id"])
     assert dead.info.status == "KILLED" and "worker died" in dead.data.tags["s2s.failure"]
     assert len(children) == 3  # trial 0, the killed trial, its retry
+
+
+def test_search_maximizes_a_scored_metric_of_the_final_checkpoint(env, capsys):
+    """--metric eval/spk_sim: each trial's final checkpoint is scored (speaker similarity on 2 eval utterances,
+    logged to the trial's run); the study maximizes it, and nothing is pruned since it exists only at the end."""
+    import optuna
+
+    name = "spk"
+    args = [STRATEGY, "--trials", "2", "--study", name, "--metric", "eval/spk_sim", "--score", "2", "--seed", "0",
+            "--heartbeat", "5", "score.generation.max_new_tokens=21", *env["overrides"]]
+    assert search.main(args) == 0
+    out = capsys.readouterr().out
+    assert "maximize eval/spk_sim, none pruner" in out
+    study = _load(env, name)
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE and _states(study) == {"COMPLETE": 2}
+    client, parents, children = _runs(env)
+    for t in study.get_trials():
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert t.value == pytest.approx(run.data.metrics["eval/spk_sim"]) and -1 <= t.value <= 1
+        assert not t.intermediate_values  # scored at the end only
+    best = max(study.get_trials(), key=lambda t: t.value)
+    assert parents[0].data.metrics["best/eval/spk_sim"] == pytest.approx(best.value)
+    assert f"best trial #{best.number}: eval/spk_sim" in out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--metric", "eval/spk"], "unknown scored figure 'eval/spk'. Did you mean 'eval/spk_sim'"),
+    (["--metric", "eval/wer", "--pruner", "median"], "nothing to prune on: drop --pruner median"),
+    (["--metric", "eval/loss", "score.n=3"], "score.* settings apply to scored metrics"),
+    (["--metric", "loss"], "give eval/loss (default), eval/acc"),
+])
+def test_bad_objectives_are_clear_errors_before_any_trial(capsys, tmp_path, extra, message):
+    rc = search.main([STRATEGY, "--trials", "1", *extra, f"tracking.root={tmp_path}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err

@@ -151,4 +151,4 @@ def test_score_scores_a_toy_checkpoint(env, trained, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["strategy"] == NAME and summary["n"] == 2 and summary["step"] == 4
     assert summary["mlflow_run_id"] == run_id  # logged to the toy's training run
-    assert "generated" in summary["asr_scores"]
+    assert "generated" in summary["scores"]

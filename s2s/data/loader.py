@@ -42,6 +42,9 @@ class DataConfig:
     text_column: str = "text"
     # Missing column: the language is the source's config name (MLS names -> ISO), else "unknown".
     language_column: str | None = "language"
+    # Who speaks (MLS: speaker_id; the synthetic set: voice). Only evaluation reads it, to pick
+    # another speaker's utterance for the speaker-similarity floor. Missing column: unknown ("").
+    speaker_column: str | None = "speaker_id"
     # Dialogue pairs: the audio to speak back. None: re-speak the input audio.
     target_audio_column: str | None = None
     train_split: str = "train"
@@ -74,6 +77,7 @@ class Example:
     language: str
     wave16k: torch.Tensor
     target24k: torch.Tensor
+    speaker: str = ""  # "" when the source has no speaker column
 
 
 class SkipCounter:
@@ -160,7 +164,8 @@ def _check_columns(ds: datasets.Dataset, spec: str, cfg: DataConfig) -> datasets
         if col is not None and col not in ds.column_names:
             raise DataSourceError(f"data source {spec!r} has no column {col!r} (data.{key}); its columns are "
                                   f"{ds.column_names}. Set data.{key}=<one of them>")
-    keep = [c for c in (*wanted.values(), cfg.language_column) if c is not None and c in ds.column_names]
+    keep = [c for c in (*wanted.values(), cfg.language_column, cfg.speaker_column)
+            if c is not None and c in ds.column_names]
     ds = ds.select_columns(list(dict.fromkeys(keep)))
     for col in (cfg.audio_column, cfg.target_audio_column):
         if col is not None and isinstance(ds.features[col], datasets.Audio):
@@ -168,11 +173,13 @@ def _check_columns(ds: datasets.Dataset, spec: str, cfg: DataConfig) -> datasets
     return ds
 
 
-def _language(row: dict, ds: datasets.Dataset, cfg: DataConfig, default: str) -> str:
-    col = cfg.language_column
+def _label(row: dict, ds: datasets.Dataset, col: str | None, default: str) -> str:
+    """A text or ClassLabel column's value as a string; `default` when the column is missing or empty."""
     value = row.get(col) if col is not None else None
     if isinstance(ds.features.get(col), datasets.ClassLabel) and value is not None:
         value = ds.features[col].int2str(value)
+    if isinstance(value, int) and not isinstance(value, bool):  # e.g. an integer speaker id
+        value = str(value)
     return value.strip() if isinstance(value, str) and value.strip() else default
 
 
@@ -189,8 +196,9 @@ def _make_example(row: dict, ds: datasets.Dataset, cfg: DataConfig, name: str, l
         h.update(target.tobytes() + f"|{tsr}".encode())
     else:
         target, tsr = wave, sr
-    return Example(key=h.hexdigest()[:20], text=text, language=_language(row, ds, cfg, language),
-                   wave16k=resample(wave, sr, ENCODER_SR), target24k=resample(target, tsr, CODEC_SR))
+    return Example(key=h.hexdigest()[:20], text=text, language=_label(row, ds, cfg.language_column, language),
+                   wave16k=resample(wave, sr, ENCODER_SR), target24k=resample(target, tsr, CODEC_SR),
+                   speaker=_label(row, ds, cfg.speaker_column, ""))
 
 
 def load_examples(cfg: DataConfig, split: str = "train", skips: SkipCounter | None = None,

@@ -2,7 +2,11 @@
 
 `resolve` turns the command's choices into a checked `Search` before anything is opened; the
 objective trains one config of the usual trainer (s2s.experiment.train) per trial, reports the
-eval loss at every evaluation so the pruner can stop it, and tags the trial's MLflow run.
+objective at every evaluation so the pruner can stop it, and tags the trial's MLflow run.
+
+What a trial is judged by is a `Goal`: the final eval loss by default (or another figure of the
+trainer's evaluation, e.g. eval/acc), or a figure of the final checkpoint's scored speech (eval/wer,
+eval/spk_sim), which the command hands in as a callback since s2s does not import evaluation/.
 """
 from __future__ import annotations
 
@@ -13,9 +17,9 @@ import math
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 
@@ -27,6 +31,21 @@ from s2s.search.space import Param, apply_params, check_space, merge_specs, pars
 from s2s.search.study import BUDGET, FINISHED, METRIC, counts, fail_stale
 
 PRUNERS = ("median", "hyperband", "none")
+
+
+@dataclass
+class Goal:
+    """The objective: `metric` (an MLflow name), to `direction` ("minimize"/"maximize").
+
+    score: None when the trainer's evaluation gives the metric (reported at every evaluation, so the
+    pruner can act); else a callback (checkpoint dir, trial's MLflow run id) -> value, run on the final
+    checkpoint only, so nothing can be pruned. settings: what decides a scored value (part of the
+    study's identity)."""
+
+    metric: str = METRIC
+    direction: str = "minimize"
+    score: Callable[[str, str], float] | None = None
+    settings: dict = field(default_factory=dict)
 
 
 class _SurplusTrial(Exception):
@@ -48,6 +67,7 @@ class Search:
     progress: bool
     worker_index: int = 0
     pinned: tuple[str, ...] = ()  # searched by default, fixed by a key=value override
+    goal: Goal = field(default_factory=Goal)
 
     @property
     def fixed(self) -> dict[str, Any]:
@@ -59,10 +79,13 @@ def fixed_config(cfg: ExperimentConfig, space: dict[str, Param]) -> dict[str, An
     return {k: v for k, v in result_keys(flatten(as_dict(cfg))).items() if k not in space}
 
 
-def default_study_name(cfg: ExperimentConfig, space: dict[str, Param]) -> str:
-    """<strategy>-<preset>-<hash of the fixed config and the space>: the same command, the same study."""
-    ident = json.dumps({"fixed": fixed_config(cfg, space), "space": space_to_dict(space)}, sort_keys=True,
-                       default=str)
+def default_study_name(cfg: ExperimentConfig, space: dict[str, Param], goal: Goal) -> str:
+    """<strategy>-<preset>-<hash of the fixed config, the space and the objective>: the same command, the
+    same study."""
+    ident = {"fixed": fixed_config(cfg, space), "space": space_to_dict(space)}
+    if goal.metric != METRIC:  # (so that loss-objective studies keep the names they had)
+        ident["objective"] = {"metric": goal.metric, **goal.settings}
+    ident = json.dumps(ident, sort_keys=True, default=str)
     return f"{cfg.strategy_name}-{cfg.preset}-{hashlib.sha1(ident.encode()).hexdigest()[:8]}"
 
 
@@ -74,13 +97,20 @@ def default_storage(cfg: ExperimentConfig) -> str:
 
 def resolve(strategy: str, overrides: list[str] = (), *, preset: str = "tiny", config_files: list[str] = (),
             space_file: str | None = None, replace_space: bool = False, trials: int = 20, workers: int = 1,
-            study: str | None = None, storage: str | None = None, pruner: str = "median", seed: int | None = None,
-            heartbeat: int = 10, progress: bool = False, worker_index: int = 0) -> Search:
+            study: str | None = None, storage: str | None = None, pruner: str | None = None, seed: int | None = None,
+            heartbeat: int = 10, progress: bool = False, worker_index: int = 0, goal: Goal | None = None) -> Search:
     """Build the fixed config and the search space; ConfigError if anything is off (nothing is opened).
 
     `space_file` (YAML) extends or overrides the strategy's `SEARCH_SPACE` (`replace_space`: it alone);
     a searched key given in `overrides` is fixed instead (listed in `Search.pinned`). `workers` is
-    only checked here: the command starts the worker processes."""
+    only checked here: the command starts the worker processes. `pruner` None: median, or none when
+    the goal is scored on the final checkpoint (nothing to prune on)."""
+    goal = goal or Goal()
+    if pruner is None:
+        pruner = "none" if goal.score is not None else "median"
+    elif goal.score is not None and pruner != "none":
+        raise ConfigError(f"--metric {goal.metric} is scored on each trial's final checkpoint only, so there is nothing "
+                          f"to prune on: drop --pruner {pruner} (or search --metric eval/loss)")
     if trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {trials}")
     if workers < 1:
@@ -108,14 +138,15 @@ def resolve(strategy: str, overrides: list[str] = (), *, preset: str = "tiny", c
     space = parse_space(specs)
     check_space(space, cfg)
     cfg.train.progress = progress
-    return Search(cfg=cfg, space=space, n_trials=trials, study_name=study or default_study_name(cfg, space),
+    return Search(cfg=cfg, space=space, n_trials=trials, study_name=study or default_study_name(cfg, space, goal),
                   storage_url=storage or default_storage(cfg), pruner=pruner, seed=seed, heartbeat=heartbeat,
-                  progress=progress, worker_index=worker_index, pinned=tuple(pinned))
+                  progress=progress, worker_index=worker_index, pinned=tuple(pinned), goal=goal)
 
 
 def make_objective(s: Search, study, parent_id: str):
     """The Optuna objective: train the fixed config with the trial's sampled values as a child run
-    of `parent_id`; the final eval loss."""
+    of `parent_id`; the goal's value (the final eval loss by default)."""
+    metric = s.goal.metric
 
     def objective(trial) -> float:
         trial.set_user_attr("s2s.worker", f"{socket.gethostname()}:{os.getpid()}")  # first: see _fail_orphans
@@ -139,18 +170,29 @@ def make_objective(s: Search, study, parent_id: str):
             run.set_tags(tags)
             run.log_params({"optuna.trial_number": trial.number, "optuna.study": s.study_name})
 
+        worst = float("inf") if s.goal.direction == "minimize" else float("-inf")
+
         def on_eval(step: int, metrics: dict) -> None:
-            value = float(metrics[METRIC])
-            trial.report(value if math.isfinite(value) else float("inf"), step)
+            if s.goal.score is not None:  # scored on the final checkpoint only
+                return
+            if metric not in metrics:
+                raise ConfigError(f"--metric {metric}: the trainer's evaluation has no such figure; it has "
+                                  f"{', '.join(sorted(metrics))}")
+            value = float(metrics[metric])
+            trial.report(value if math.isfinite(value) else worst, step)
             if (max_steps is None or step < max_steps) and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at step {step}: {METRIC} {value:.4f} is worse than the median "
+                raise optuna.TrialPruned(f"pruned at step {step}: {metric} {value:.4f} is worse than the median "
                                          f"of finished trials" if s.pruner == "median" else
-                                         f"pruned at step {step} ({s.pruner}): {METRIC} {value:.4f}")
+                                         f"pruned at step {step} ({s.pruner}): {metric} {value:.4f}")
 
         result = train(cfg, parent_run_id=parent_id, progress=s.progress, on_eval=on_eval, on_run=on_run)
+        checkpoint = str(Path(result["checkpoint"]).resolve())
         trial.set_user_attr("mlflow_run_id", result["run_id"])
-        trial.set_user_attr("checkpoint", str(Path(result["checkpoint"]).resolve()))
-        return float(result["final_eval"][METRIC])
+        trial.set_user_attr("checkpoint", checkpoint)
+        if s.goal.score is not None:
+            value = float(s.goal.score(checkpoint, result["run_id"]))
+            return value if math.isfinite(value) else worst
+        return float(result["final_eval"][metric])
 
     return objective
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from optuna.exceptions import ExperimentalWarning
 
-from s2s.search.study import FINISHED, METRIC, counts
+from s2s.search.study import FINISHED, counts
 
 if TYPE_CHECKING:
     from s2s.search.objective import Search
@@ -45,12 +45,13 @@ def summarize(s: Search, study, parent, out_dir: Path) -> dict:
     c = counts(study)
     out_dir.mkdir(parents=True, exist_ok=True)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    best = min(complete, key=lambda t: t.value) if complete else None
+    sign = 1 if s.goal.direction == "minimize" else -1
+    best = min(complete, key=lambda t: sign * t.value) if complete else None
     summary = {"study": s.study_name, "storage": s.storage_url, "requested_trials": s.n_trials,
                "complete": c.get("COMPLETE", 0), "pruned": c.get("PRUNED", 0), "failed": c.get("FAIL", 0),
                "running": c.get("RUNNING", 0), "waiting": c.get("WAITING", 0), "notes": []}
     if best is not None:
-        summary["best"] = {"trial": best.number, METRIC: best.value, "params": best.params,
+        summary["best"] = {"trial": best.number, "metric": s.goal.metric, "value": best.value, "params": best.params,
                            "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
                            "checkpoint": best.user_attrs.get("checkpoint")}
     (out_dir / "best.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -74,11 +75,12 @@ def summarize(s: Search, study, parent, out_dir: Path) -> dict:
     for f in files:
         parent.log_artifact(out_dir / f)
     tags = {"s2s.trials_requested": s.n_trials, "s2s.trials_complete": summary["complete"],
-            "s2s.trials_pruned": summary["pruned"], "s2s.trials_failed": summary["failed"], "s2s.pruner": s.pruner}
+            "s2s.trials_pruned": summary["pruned"], "s2s.trials_failed": summary["failed"], "s2s.pruner": s.pruner,
+            "s2s.objective": f"{s.goal.direction} {s.goal.metric}"}
     if best is not None:
         tags.update({"s2s.best_trial": best.number, "s2s.best_run_id": best.user_attrs.get("mlflow_run_id", ""),
                      **{f"best.{k}": v for k, v in best.params.items()}})
-        parent.log_metrics({f"best/{METRIC}": best.value}, summary["complete"] + summary["pruned"])
+        parent.log_metrics({f"best/{s.goal.metric}": best.value}, summary["complete"] + summary["pruned"])
     parent.set_tags(tags)
     summary["artifacts"] = files
     return summary

@@ -23,7 +23,7 @@ from s2s.tracking import open_client
 if TYPE_CHECKING:
     from s2s.search.objective import Search
 
-METRIC = "eval/loss"  # the objective: the final eval loss (nats per target token), minimized
+METRIC = "eval/loss"  # the default objective: the final eval loss (nats per target token), minimized
 MAX_RETRY = 2  # times a dead worker's trial is re-run before it stays FAILED
 ORPHAN_S = 600  # a RUNNING trial that never started its objective this long is failed (see _fail_orphans)
 FINISHED = ("COMPLETE", "PRUNED")
@@ -85,7 +85,7 @@ def open_storage(s: Search, tracking_uri: str):
 
 def open_study(s: Search, storage):
     """Create the study or load it; a study made with another fixed config or space is an error."""
-    study = optuna.create_study(study_name=s.study_name, storage=storage, direction="minimize",
+    study = optuna.create_study(study_name=s.study_name, storage=storage, direction=s.goal.direction,
                                 load_if_exists=True, pruner=make_pruner(s), sampler=make_sampler(s, 0))
     study.sampler = make_sampler(s, len(study.get_trials(deepcopy=False)))
     attrs = study.user_attrs
@@ -96,12 +96,15 @@ def open_study(s: Search, storage):
         study.set_user_attr("s2s.preset", s.cfg.preset)
         study.set_user_attr("s2s.fixed_config", fixed)
         study.set_user_attr("s2s.space", space)
+        study.set_user_attr("s2s.objective", s.goal.metric)
         return study
     before = attrs.get("s2s.fixed_config", {})
     diffs = sorted((k for k in set(fixed) | set(before) if fixed.get(k) != before.get(k)),
                    key=lambda k: (k not in fixed or k not in before, k))  # changed values first
     if attrs["s2s.space"] != json.loads(json.dumps(space)):
         diffs.append("the search space")
+    if attrs.get("s2s.objective", METRIC) != s.goal.metric:
+        diffs.append(f"the objective ({attrs.get('s2s.objective', METRIC)}, now {s.goal.metric})")
     if diffs:
         raise ConfigError(f"study '{s.study_name}' in {s.storage_url} was started with another setup (differs in: "
                           f"{', '.join(diffs[:10])}). Resume it with its original settings, or give a new --study name")
