@@ -25,6 +25,7 @@ from typing import Any
 
 from evaluation.metrics import AGGREGATIONS, METRICS, Metric, Utterance, evaluate
 from evaluation.metrics.text import text_utterances
+from s2s.progress import progress_bar
 from s2s.tracking import Run, TrackingConfig, TrackingError
 
 
@@ -57,8 +58,8 @@ class System:
 
 
 def summarize(examples: list, generated: list[dict], systems: dict[str, System], normalizer: str,
-              sample_rate: int, metrics: list[Metric] | None = None, options: dict[str, Any] | None = None
-              ) -> tuple[dict, list[dict]]:
+              sample_rate: int, metrics: list[Metric] | None = None, options: dict[str, Any] | None = None,
+              progress: bool = False) -> tuple[dict, list[dict]]:
     """Figures per system for every metric it takes, and one row per utterance.
 
     metrics: default every registered metric (METRICS, read at call time: a metric added there shows
@@ -70,16 +71,24 @@ def summarize(examples: list, generated: list[dict], systems: dict[str, System],
     options = options or {}
     refs, languages = [e.text for e in examples], [e.language for e in examples]
     per_system, values = {}, {}
+    todo = {name: [m for m in metrics if system.takes(m)] for name, system in systems.items()}
+    bar = progress_bar(total=sum(map(len, todo.values())), desc="metrics", unit="metric", disable=not progress)
     for name, system in systems.items():
-        used = [m for m in metrics if system.takes(m)]
+        used = todo[name]
         if not used:
             continue
         texts = system.texts if system.texts is not None else [""] * len(refs)
         utterances = [dataclasses.replace(u, reference_wave=e.target24k, sample_rate=sample_rate,
                                           hypothesis_wave=None if system.waves is None else system.waves[i])
                       for i, (u, e) in enumerate(zip(text_utterances(refs, texts, normalizer, languages), examples))]
-        values[name], figures = evaluate(used, utterances, options)
-        per_system[name] = {"n": len(refs), **figures}
+        values[name], per_system[name] = {}, {"n": len(refs)}
+        for m in used:  # one at a time, so that the bar moves (a model-based metric takes ~0.1-1 s per utterance)
+            bar.set_postfix_str(f"{m.name} of {name}")
+            got, figures = evaluate([m], utterances, options)
+            values[name].update(got)
+            per_system[name].update(figures)
+            bar.update(1)
+    bar.close()
     rows = []
     for i, (e, g) in enumerate(zip(examples, generated)):
         row = {"index": i, "key": e.key, "language": e.language, "speaker": getattr(e, "speaker", ""),

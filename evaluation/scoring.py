@@ -238,7 +238,7 @@ def score(checkpoint: str, overrides: list[str] = (), score_cfg: ScoreConfig | N
         asr_model, tiny_asr = asr_model_for(cfg, score_cfg) if uses_text else (None, False)
         systems, how = scored_systems(examples, items, generated, core, score_cfg, metrics, asr_model, progress)
         summary, rows = summarize(examples, generated, systems, score_cfg.normalizer, core.snac.sampling_rate,
-                                  metrics, metric_options(score_cfg, metrics))
+                                  metrics, metric_options(score_cfg, metrics), progress)
         summary.update({
             "checkpoint": str(ckpt_dir), "strategy": cfg.strategy_name, "preset": cfg.preset, "step": meta.get("step"),
             "asr": {"backend": score_cfg.asr.backend, "model": asr_model, "tiny": tiny_asr} if uses_text else None,

@@ -23,6 +23,7 @@ from s2s.data.loader import SkipCounter, load_examples
 from s2s.data.synth import synthesize_dataset
 from s2s.experiment_config import (PRESETS, ExperimentConfig, as_dict, build_config, config_from_dict, config_hash,
                                    strategy_class)
+from s2s.listen import write_listening_samples
 from s2s.prepare import make_batch, prepare
 from s2s.resume import RunLock, check_resumable, locate
 from s2s.stop import StopSignals
@@ -245,6 +246,10 @@ def train(cfg: ExperimentConfig, parent_run_id: str | None = None, progress: boo
         result = trainer.fit()
         run.log_metrics({"time/wall_seconds": result["wall_seconds"]}, result["steps"])
         run.log_artifact(result["checkpoint"], "checkpoint")
+        if cfg.listen:
+            listen_dir = Path(cfg.train.out_dir) / "listen"
+            write_listening_samples(model, eval_items, trainer.collate, listen_dir, cfg.listen)
+            run.log_artifact(listen_dir, "listen")
         run.set_tags({"s2s.checkpoint": str(Path(result["checkpoint"]).resolve())})
         return {**result, "run_id": run.run_id, "tracking_uri": run.uri, "n_trainable": model.n_trainable(),
                 "model": model, "eval_items": eval_items, "collate": trainer.collate}

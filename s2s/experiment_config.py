@@ -41,6 +41,9 @@ class ExperimentConfig:
     # missing (0 = never). A data source of your own is never synthesized over.
     synth_if_missing: int = field(default=0, metadata={"range": (0, 100_000)})
     synth_dir: str = "data/synth"
+    # Eval utterances the final model speaks (greedy) into wavs logged as the run's `listen/` artifacts,
+    # beside their targets, so runs can be heard side by side in the MLflow UI (s2s/listen.py). 0 = none.
+    listen: int = field(default=4, metadata={"range": (0, 64)})
     # Continue an interrupted run: a checkpoint directory, a run's out_dir (its newest undamaged
     # checkpoint) or an MLflow run id; the rest of the config must match the run's (s2s/resume.py).
     resume: str = ""

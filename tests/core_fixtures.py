@@ -26,7 +26,7 @@ def short_run(synth_dataset, backbones, cache_dir, tracking_root, out_dir, **ext
         "tracking.root": tracking_root, "data.sources": f"[{synth_dataset}]", "data.eval_size": 4,
         "synth_if_missing": 0, "backbones.whisper": backbones.whisper, "backbones.orpheus": backbones.orpheus,
         "backbones.snac": backbones.snac, "backbones.device": "cpu", "cache.dir": cache_dir,
-        "train.max_steps": 3, "train.eval_every": 1, "train.batch_size": 2, "train.out_dir": out_dir, **extra,
+        "train.max_steps": 3, "train.eval_every": 1, "train.batch_size": 2, "train.out_dir": out_dir, "listen": 0, **extra,
     }
     return [f"{k}={v}" for k, v in values.items()]
 

@@ -3,6 +3,8 @@
 import json
 import re
 
+from pathlib import Path
+
 import pytest
 
 from tests.core_fixtures import short_run
@@ -34,7 +36,8 @@ def finished_run(no_env_uri, tracking_root, tmp_path_factory, synth_dataset, tin
                  prepared_cache_dir):
     out = tmp_path_factory.mktemp("run_out") / "out"
     cfg = build_config("adapter_stage1", "tiny", overrides(synth_dataset, tiny_backbone_cfg, prepared_cache_dir,
-                                                           tracking_root, out, **{"tracking.run_name": "ok"}))
+                                                           tracking_root, out, **{"tracking.run_name": "ok",
+                                                                                  "listen": 2}))
     result = train(cfg, progress=False)
     from mlflow.tracking import MlflowClient
 
@@ -64,6 +67,25 @@ def test_run_finished_with_params_and_tags(finished_run, tiny_backbone_cfg):
     assert tags["s2s.backbone.orpheus"] == tiny_backbone_cfg.orpheus
     assert tags["s2s.backbone.snac"] == tiny_backbone_cfg.snac
     assert tags["mlflow.runName"] == "ok"
+
+
+def test_the_final_model_can_be_heard_from_the_run(finished_run):
+    """listen=2: two eval utterances spoken greedily by the final model, beside their SNAC-decoded targets,
+    are artifacts of the run (listen/), so runs can be listened to side by side in the MLflow UI."""
+    import soundfile as sf
+
+    result, client, _ = finished_run
+    names = sorted(a.path for a in client.list_artifacts(result["run_id"], "listen"))
+    keys = [it.key for it in result["eval_items"][:2]]
+    assert names == sorted(f"listen/{i:02d}-{k}-{kind}.wav" for i, k in enumerate(keys)
+                           for kind in ("generated", "target"))
+    local = Path(client.download_artifacts(result["run_id"], "listen"))
+    longest = max(len(it.speech_tokens) for it in result["eval_items"][:2])  # bounds generation, batched
+    for i, it in enumerate(result["eval_items"][:2]):
+        target, sr = sf.read(local / f"{i:02d}-{it.key}-target.wav")
+        assert sr == 24000 and len(target) == 2048 * (len(it.speech_tokens) // 7)
+        generated, _ = sf.read(local / f"{i:02d}-{it.key}-generated.wav")
+        assert len(generated) % 2048 == 0 and 0 < len(generated) <= 2048 * ((2 * longest) // 7 + 4)
 
 
 def test_run_follows_mlflow_conventions(finished_run, synth_dataset):
