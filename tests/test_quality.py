@@ -164,4 +164,4 @@ def test_specs():
     assert MOS_DNSMOS.higher_is_better and MOS_UTMOS.higher_is_better
     assert MOS_DNSMOS.default and not MOS_UTMOS.default  # UTMOS needs weights the user supplies
     assert MOS_DNSMOS.needs == MOS_UTMOS.needs == ("hypothesis_wave",)
-    assert MOS_DNSMOS.title(QualityConfig(dnsmos_personalized=True)) == "MOS (DNSMOS OVRL) (speechmos ONNX, personalized)"
+    assert MOS_DNSMOS.title(QualityConfig(dnsmos_personalized=True)) == "MOS (DNSMOS OVRL), speechmos ONNX, personalized"

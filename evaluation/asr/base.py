@@ -14,6 +14,8 @@ from typing import ClassVar
 import torch
 import torchaudio.functional as AF
 
+from evaluation.device import resolve_device
+
 from s2s.errors import UserError
 
 
@@ -31,7 +33,7 @@ class ASR(abc.ABC):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model_id = model
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, "asr.device")
         self.batch_size = batch_size
 
     @abc.abstractmethod
@@ -40,16 +42,6 @@ class ASR(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model_id!r}, device={str(self.device)!r})"
-
-
-def resolve_device(device: str) -> torch.device:
-    """'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when visible) -> torch.device, failing clearly without CUDA."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ASRError(f"ASR device '{device}' requested but no CUDA device is visible; use device='cpu'")
-    return dev
 
 
 def language_code(language: str) -> str:

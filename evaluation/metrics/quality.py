@@ -36,6 +36,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from evaluation.device import resolve_device
 from evaluation.metrics.base import Metric, Utterance, resampled
 from s2s.config import ConfigError
 
@@ -131,9 +132,7 @@ def utmos_file(setting: str) -> Path:
 
 
 def _device(setting: str) -> str:
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("quality.device=cuda but no CUDA device is visible; set quality.device=cpu (or auto)")
-    return ("cuda" if torch.cuda.is_available() else "cpu") if setting == "auto" else setting
+    return str(resolve_device(setting, "quality.device"))
 
 
 @functools.lru_cache(maxsize=2)

@@ -37,6 +37,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from evaluation.device import resolve_device
 from evaluation.metrics.base import Metric, Utterance, resampled
 from s2s.config import ConfigError
 
@@ -55,9 +56,7 @@ class SpeakerConfig:
 
 
 def _device(setting: str) -> str:
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("speaker.device=cuda but no CUDA device is visible; set speaker.device=cpu (or auto)")
-    return ("cuda" if torch.cuda.is_available() else "cpu") if setting == "auto" else setting
+    return str(resolve_device(setting, "speaker.device"))
 
 
 # --- resemblyzer ----------------------------------------------------------------------------------
