@@ -31,10 +31,11 @@ from s2s.data.loader import SkipCounter, load_examples
 from s2s.errors import DataError
 from s2s.registry import lookup
 from s2s.experiment import load_trained
-from s2s.generate import GenerationConfig, generate, tokens_to_audio
+from s2s.generate import GenerationConfig, generate
 from s2s.metrics import evaluate
 from s2s.prepare import make_batch, prepare
 from s2s.progress import progress_bar
+from s2s.streaming import decode_offline
 from s2s.tiny_asr import build_tiny_whisper_asr
 from s2s.tracking import TrackingConfig
 
@@ -137,7 +138,7 @@ def generate_all(model, items: list, collate, gen: GenerationConfig, progress: b
         result = generate(model, collate(chunk), gen)
         seconds = time.perf_counter() - t0
         for tokens, stopped in zip(result.tokens, result.stopped):
-            wave, dropped = tokens_to_audio(model.core, tokens)
+            wave, dropped = decode_offline(model.core, tokens, gen.seed)  # SNAC's noise seeded too
             out.append({"tokens": len(tokens), "stopped": stopped, "dropped_tokens": dropped, "wave": wave,
                         "batch_seconds": seconds})
         bar.update(len(chunk))
@@ -172,10 +173,10 @@ def asr_model_for(cfg, score_cfg: ScoreConfig) -> tuple[str | None, bool]:
     return FULL_ASR_MODEL, False
 
 
-def roundtrip_waves(core, items: list, progress: bool) -> list[torch.Tensor]:
+def roundtrip_waves(core, items: list, progress: bool, seed: int = 0) -> list[torch.Tensor]:
     """The reference after SNAC: the prepared targets are SNAC's codes of the reference, so decoding them
-    is the round trip."""
-    return [tokens_to_audio(core, it.speech_tokens)[0] for it in
+    is the round trip (with SNAC's decoder noise seeded, as for the generated speech)."""
+    return [decode_offline(core, it.speech_tokens, seed)[0] for it in
             progress_bar(items, desc="snac round trip", unit="utt", disable=not progress)]
 
 
@@ -194,7 +195,8 @@ def scored_systems(examples: list, items: list, generated: list[dict], core, sco
     how = ""
     if score_cfg.toplines:
         systems["reference"] = System(waves=[e.target24k for e in examples], paired=False)
-        systems["snac_roundtrip"] = System(waves=roundtrip_waves(core, items, progress))
+        roundtrip = roundtrip_waves(core, items, progress, score_cfg.generation.seed)
+        systems["snac_roundtrip"] = System(waves=roundtrip)
         idx, how = other_speaker(examples)
         if idx is not None and any("reference_wave" in m.needs for m in metrics):
             systems["other_speaker"] = System(waves=[examples[j].target24k for j in idx], pairs_only=True)

@@ -2,6 +2,7 @@
 
     out = generate(model, batch, GenerationConfig(temperature=0))   # greedy, KV-cached
     wave, skipped = tokens_to_audio(core, out.tokens[0])
+    for step in generate_steps(model, batch, cfg): ...               # the same loop, step by step
 
 Sampling is Orpheus' usual recipe (temperature, nucleus top_p, repetition penalty, using the
 transformers logits processors). `constrain` keeps every sampled id decodable: at frame position
@@ -11,6 +12,7 @@ as it always sits in training. A sample stops at end_of_speech or `max_new_token
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
@@ -85,41 +87,67 @@ def step_masks(layout, vocab: int, cfg: GenerationConfig, device) -> tuple[list,
     return early, late
 
 
+@dataclass
+class Step:
+    """One decoder step of a batch: what `generate_steps` yields."""
+    tokens: torch.Tensor  # [B] int64 ids chosen at this step (end_of_speech for finished samples)
+    emitted: torch.Tensor  # [B] bool: the id is a new speech token of that sample (not end, not idle)
+    stopped: torch.Tensor  # [B] bool: the sample said end_of_speech at this step
+    index: int  # 0-based step number
+
+
 @torch.no_grad()
-def generate(model, batch, cfg: GenerationConfig = GenerationConfig()) -> Generated:
-    """Generate speech tokens for every sample of `batch` (a `s2s.prepare.Batch`) with `model` (a Strategy)."""
+def generate_steps(model, batch, cfg: GenerationConfig = GenerationConfig()) -> Iterator[Step]:
+    """The sampling loop as a generator: yields a `Step` per decoder step, as soon as it is sampled.
+
+    `model` is a Strategy, `batch` a `s2s.prepare.Batch`. Ends when every sample has said
+    end_of_speech or after `cfg.max_new_tokens` steps; a finished sample is fed end_of_speech (and
+    yields it with emitted=False) while the others go on. Streaming consumers (s2s/infer.py) turn
+    each step into audio as it arrives; `generate` collects them. The model is in eval mode while
+    the generator runs and gets its mode back when it ends or is closed.
+    """
     core = model.core
     layout, device = core.layout, core.device
     was_training = model.training
     model.eval()
-    generator = torch.Generator().manual_seed(cfg.seed)
-    with autocast(device):
-        decoder = model.decoder(batch, cfg.use_cache)
-        logits = decoder.start()
-    b = len(batch)
-    history = torch.zeros(b, 0, dtype=torch.long, device=device)
-    done = torch.zeros(b, dtype=torch.bool, device=device)
-    stopped = torch.zeros(b, dtype=torch.bool, device=device)
-    lengths = torch.zeros(b, dtype=torch.long, device=device)
-    steps = 0
-    early, late = step_masks(layout, logits.shape[-1], cfg, device)
-    processors = _processors(cfg)
-    for t in range(cfg.max_new_tokens):
-        allowed = (early if t < cfg.min_new_tokens else late)[t % FRAME]
-        tokens = next_tokens(logits, history, processors, cfg.temperature == 0, allowed, generator)
-        tokens = torch.where(done, torch.full_like(tokens, layout.end_of_speech), tokens)
-        ended = tokens == layout.end_of_speech
-        stopped |= ended & ~done
-        lengths += (~done & ~ended).long()
-        done |= ended
-        history = torch.cat([history, tokens[:, None]], 1)
-        steps += 1
-        if done.all() or t == cfg.max_new_tokens - 1:
-            break
+    try:
+        generator = torch.Generator().manual_seed(cfg.seed)
         with autocast(device):
-            logits = decoder.step(tokens)
-    model.train(was_training)
-    return Generated([history[i, :lengths[i]].cpu() for i in range(b)], stopped.tolist(), steps)
+            decoder = model.decoder(batch, cfg.use_cache)
+            logits = decoder.start()
+        b = len(batch)
+        history = torch.zeros(b, 0, dtype=torch.long, device=device)  # the repetition penalty reads it
+        done = torch.zeros(b, dtype=torch.bool, device=device)
+        early, late = step_masks(layout, logits.shape[-1], cfg, device)
+        processors = _processors(cfg)
+        for t in range(cfg.max_new_tokens):
+            allowed = (early if t < cfg.min_new_tokens else late)[t % FRAME]
+            tokens = next_tokens(logits, history, processors, cfg.temperature == 0, allowed, generator)
+            tokens = torch.where(done, torch.full_like(tokens, layout.end_of_speech), tokens)
+            ended = tokens == layout.end_of_speech
+            step = Step(tokens, ~done & ~ended, ended & ~done, t)
+            done = done | ended
+            history = torch.cat([history, tokens[:, None]], 1)
+            yield step
+            if done.all() or t == cfg.max_new_tokens - 1:
+                break
+            with autocast(device):
+                logits = decoder.step(tokens)
+    finally:
+        model.train(was_training)
+
+
+def generate(model, batch, cfg: GenerationConfig = GenerationConfig()) -> Generated:
+    """Generate speech tokens for every sample of `batch` (a `s2s.prepare.Batch`) with `model` (a Strategy)."""
+    tokens, emitted, stopped = [], [], None
+    for step in generate_steps(model, batch, cfg):
+        tokens.append(step.tokens)
+        emitted.append(step.emitted)
+        stopped = step.stopped if stopped is None else stopped | step.stopped
+    ids = torch.stack(tokens, 1).cpu()  # [B, steps]
+    # A sample's speech tokens are a prefix of its ids: once it has ended it only idles.
+    lengths = torch.stack(emitted, 1).sum(1).tolist()
+    return Generated([ids[i, :n] for i, n in enumerate(lengths)], stopped.tolist(), len(tokens))
 
 
 def tokens_to_audio(core, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -3,8 +3,8 @@ target they were trained towards, so that runs can be heard side by side in the 
 (artifacts `listen/` of each run; s2s/experiment.py logs them after training).
 
 The target is the utterance's SNAC codes decoded (what the model is taught to produce, codec
-included), not the raw recording, which the prepared data no longer holds. Generation is greedy, so
-the wavs of a run are reproducible.
+included), not the raw recording, which the prepared data no longer holds. Generation is greedy and
+SNAC's decoder noise seeded (s2s/streaming.py), so the wavs of a run are reproducible.
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import soundfile as sf
 
-from s2s.generate import GenerationConfig, generate, tokens_to_audio
+from s2s.generate import GenerationConfig, generate
+from s2s.streaming import decode_offline
 
 FRAME = 7  # speech ids per SNAC frame
 
@@ -34,7 +35,7 @@ def write_listening_samples(model, items: list, collate, out_dir: Path, n: int) 
     rate = model.core.snac.sampling_rate
     for i, (it, tokens) in enumerate(zip(chosen, result.tokens)):
         for kind, ids in (("generated", tokens), ("target", it.speech_tokens)):
-            wave, _ = tokens_to_audio(model.core, ids)
+            wave, _ = decode_offline(model.core, ids, cfg.seed)  # seeded SNAC noise: reproducible wavs
             path = out_dir / f"{i:02d}-{it.key}-{kind}.wav"
             sf.write(path, wave.clamp(-1, 1).numpy(), rate, subtype="PCM_16")
             files.append(path)

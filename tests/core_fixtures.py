@@ -185,3 +185,16 @@ def clip(items, first_frame: int, n_frames: int):
 def short_items(prepared_items):
     """The 8 train utterances with 3-frame targets from their middle (frames 5..7)."""
     return clip(prepared_items[:8], 5, 3)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (use: pytestmark = pytest.mark.usefixtures("one_torch_thread")): on a
+    shared 2-core machine two intra-op threads make small models (an LSTM, a tiny SNAC) erratically 5-40x
+    slower, and their figures do not depend on the thread count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

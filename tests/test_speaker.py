@@ -21,14 +21,7 @@ VOICES = [("flite", "slt"), ("flite", "kal16"), ("flite", "awb"), ("flite", "rms
           ("espeak", "en+f3")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # On a small shared machine two intra-op threads make the LSTM erratically 5-40x slower; the
-    # figures do not depend on the thread count beyond 1e-6.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _read24k(path) -> torch.Tensor:
