@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up s2s: system packages (ffmpeg, espeak-ng, flite) and a virtualenv in .venv.
+# Set up s2s: system packages (ffmpeg, espeak-ng, flite, chromium) and a virtualenv in .venv.
 # Idempotent: a second run only checks. PYTHON picks the interpreter (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,8 @@ need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v flite >/dev/null || need+=(flite)
+# The demo's browser test (tests/test_demo.py) drives Debian's chromium through Playwright.
+command -v chromium >/dev/null || need+=(chromium)
 # resemblyzer's VAD (webrtcvad) has no wheel: pip compiles it, which needs a C compiler and Python's headers.
 command -v gcc >/dev/null || need+=(gcc)
 PY=${PYTHON:-python3}
