@@ -96,10 +96,11 @@ def table(results: list[dict], strategies: list[str], seeds: int, toplines: list
         steps_note += (" (a staged strategy trains them on top of an upstream run; the steps column gives the "
                        "whole budget)")
     if scorer:
-        scored = (f"{' and '.join(h for h, _ in score_cols)}: {scorer.description}, identical for every run; "
+        scored = (f"{', '.join(h for h, _ in score_cols)}: {scorer.description}; identical for every run, "
                   "mean ± std over seeds. The topline rows score the same utterances' reference audio and its "
-                  "codec round trip with the same ASR: properties of the data, codec and ASR, not of a strategy, "
-                  "so they are computed once. ")
+                  "codec round trip with the same scorers, the floor row another speaker's utterance against each "
+                  "reference: properties of the data, codec and scorers, not of a strategy, so they are computed "
+                  "once. ")
     else:
         scored = "ASR-WER: not scored in this comparison (scoring was turned off). "
     return warning + "\n".join(rows) + (
