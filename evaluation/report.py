@@ -4,7 +4,7 @@
     <out>/utterances.csv    reference, transcripts, every metric (WER, CER, speaker similarity, MOS, ...)
                             per system, durations, token counts
     <out>/scores.png        per-utterance values of each metric, a box per system
-    <out>/wavs/NNN-<key>.wav  the generated speech (24 kHz)
+    <out>/wavs/NNN-<key>.wav  the generated speech (24 kHz), and NNN-<key>-reference.wav its reference
 
 A "system" is one row of the report: the generated speech, and the toplines and floor that say what
 the figures mean on this data (the reference audio itself, its codec round trip, another speaker's
@@ -139,10 +139,12 @@ def write_outputs(out_dir: Path, summary: dict, rows: list[dict], examples: list
     out_dir.mkdir(parents=True, exist_ok=True)
     wavs = out_dir / "wavs"
     wavs.mkdir(exist_ok=True)
-    for row, g in zip(rows, generated):
-        name = f"{row['index']:03d}-{row['key']}.wav"
-        sf.write(wavs / name, g["wave"].clamp(-1, 1).numpy(), sample_rate, subtype="PCM_16")
-        row["wav"] = f"wavs/{name}"
+    for row, g, e in zip(rows, generated, examples):
+        # The reference beside each answer, so that both can be heard from the MLflow UI's artifacts.
+        for kind, wave, rate in (("wav", g["wave"], sample_rate), ("reference_wav", e.target24k, 24000)):
+            name = f"{row['index']:03d}-{row['key']}{'-reference' if kind == 'reference_wav' else ''}.wav"
+            sf.write(wavs / name, wave.clamp(-1, 1).numpy(), rate, subtype="PCM_16")
+            row[kind] = f"wavs/{name}"
     with open(out_dir / "utterances.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

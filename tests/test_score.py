@@ -96,6 +96,8 @@ def test_score_writes_summary_rows_wavs_and_report(scored):
         wave, sr = sf.read(out / row["wav"])
         assert sr == 24000 and len(wave) == 2048 * (int(row["generated_tokens"]) // 7)
         assert int(row["generated_tokens"]) <= 21 and row["reference_text"]
+        reference, sr = sf.read(out / row["reference_wav"])
+        assert sr == 24000 and abs(len(reference) - float(row["reference_seconds"]) * 24000) <= 12  # ms rounding
         assert float(row["generated_wer"]) >= 0
     assert (out / "scores.png").stat().st_size > 0
     assert "reference via SNAC (topline)" in captured.out and "WER, whisper normalizer" in captured.out
