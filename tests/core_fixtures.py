@@ -198,3 +198,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def train_tiny(tmp_path_factory, synth_dataset, backbones, cache_dir, name: str, **extra) -> dict:
+    """A short adapter_stage1 run on the tiny preset (2 steps unless `extra` says otherwise) with its own
+    MLflow store and output folder under tmp; returns `s2s.experiment.train`'s result."""
+    from s2s.experiment import train
+    from s2s.experiment_config import build_config
+
+    root = tmp_path_factory.mktemp(f"{name}_mlflow")
+    out = tmp_path_factory.mktemp(f"{name}_run") / "out"
+    values = {"train.max_steps": 2, "train.eval_every": 2, "train.progress": "false", **extra}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        cfg = build_config("adapter_stage1", "tiny", short_run(synth_dataset, backbones, cache_dir, root, out, **values))
+        return train(cfg, progress=False)

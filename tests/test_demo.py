@@ -27,7 +27,7 @@ import soundfile as sf
 from experiments.demo import main as demo_main
 from s2s.demo import finished_checkpoints, newest_checkpoint
 from s2s.generate import GenerationConfig
-from tests.test_run_mlflow import overrides as run_overrides
+from tests.core_fixtures import train_tiny
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's package (scripts/setup.sh)
 # Greedy, so the browser's answer can be compared with Session.run's; at least 5 SNAC frames of audio
@@ -40,17 +40,8 @@ WAIT_MS = 60_000  # every browser wait is bounded
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, synth_dataset, tiny_backbone_cfg, tiny_core, prepared_cache_dir):
-    """(checkpoint dir, tracking uri, run id) of a 2-step run on the tiny preset (as tests/test_score.py's)."""
-    from s2s.experiment import train
-    from s2s.experiment_config import build_config
-
-    root = tmp_path_factory.mktemp("demo_mlflow")
-    out = tmp_path_factory.mktemp("demo_run") / "out"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        cfg = build_config("adapter_stage1", "tiny", run_overrides(synth_dataset, tiny_backbone_cfg, prepared_cache_dir,
-                                                                   root, out, **{"train.max_steps": 2}))
-        result = train(cfg, progress=False)
+    """(checkpoint dir, tracking uri, run id) of a 2-step run on the tiny preset."""
+    result = train_tiny(tmp_path_factory, synth_dataset, tiny_backbone_cfg, prepared_cache_dir, "demo")
     return result["checkpoint"], result["tracking_uri"], result["run_id"]
 
 

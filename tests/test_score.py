@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 
 from evaluation.score import main as score_main
+from tests.core_fixtures import train_tiny
 from tests.test_run_mlflow import overrides as run_overrides
 
 SCORE_ARGS = ["--n", "3", "--no-progress", "generation.max_new_tokens=21", "generation.batch_size=2"]
@@ -29,16 +30,7 @@ class Payload:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, synth_dataset, tiny_backbone_cfg, tiny_core, prepared_cache_dir):
     """(checkpoint dir, run id, tracking uri) of a 2-step adapter_stage1 run on the tiny preset."""
-    from s2s.experiment_config import build_config
-    from s2s.experiment import train
-
-    root = tmp_path_factory.mktemp("score_mlflow")
-    out = tmp_path_factory.mktemp("score_run") / "out"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        cfg = build_config("adapter_stage1", "tiny", run_overrides(synth_dataset, tiny_backbone_cfg, prepared_cache_dir,
-                                                                   root, out, **{"train.max_steps": 2}))
-        result = train(cfg, progress=False)
+    result = train_tiny(tmp_path_factory, synth_dataset, tiny_backbone_cfg, prepared_cache_dir, "score")
     return result["checkpoint"], result["run_id"], result["tracking_uri"]
 
 
