@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from pathlib import Path
 
 import torch
 
-from s2s.backbones import FrozenCore
+from s2s.backbones import BackboneConfig, FrozenCore
 from s2s.card_layout import load_state
 from s2s.checkpoint import (STATE_FILE, CheckpointError, is_weights_file, load_checkpoint, load_state_file,
                             set_aside_after)
@@ -103,13 +104,31 @@ def load_trained(checkpoint: str, overrides: list[str] = (), others: list = ()):
         raise CheckpointError(f"{checkpoint}: the config in meta.json cannot be rebuilt ({e})") from None
     apply_overrides_many([cfg, *others], list(overrides))
     validate(cfg)
-    core = FrozenCore(cfg.backbones)
+    core = shared_core(cfg.backbones)
     model = strategy_class(cfg.strategy_name).from_checkpoint(cfg.strategy, core, meta)
     try:
         model.load_trainable_state_dict(weights)
     except CheckpointError as e:
         raise CheckpointError(f"{checkpoint}: {e}") from None
     return cfg, core, model, meta
+
+
+_CORES: dict[str, FrozenCore] = {}  # backbone config -> the process's frozen core
+
+
+def shared_core(cfg: BackboneConfig) -> FrozenCore:
+    """The frozen core for backbone config `cfg`, loaded once per process: the runs of a comparison,
+    the trials of a search and the checkpoints they score share it (a 3B LLM takes a minute to load).
+
+    A strategy that changes the core (LoRA layers injected into the LLM mark it `adapted_by`) leaves a
+    core nobody else may use: the next caller gets a freshly loaded one, so a run after a LoRA run
+    computes exactly what it would in a fresh process."""
+    key = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    core = _CORES.get(key)
+    if core is None or getattr(core, "adapted_by", None):
+        _CORES.clear()  # one core at a time: an old one is freed as soon as its last model is
+        core = _CORES[key] = FrozenCore(cfg)
+    return core
 
 
 def _load_weights_file(path: str, chosen: dict, overrides: list[str], others: list):
@@ -132,7 +151,7 @@ def _load_weights_file(path: str, chosen: dict, overrides: list[str], others: li
     cfg = build_config(name, chosen.get("preset") or "tiny")
     apply_overrides_many([cfg, *others], list(overrides))
     validate(cfg)
-    core = FrozenCore(cfg.backbones)
+    core = shared_core(cfg.backbones)
     meta = {"strategy": name, "config": as_dict(cfg), "step": None, "weights_file": str(Path(path).resolve())}
     model = strategy_class(name).from_checkpoint(cfg.strategy, core, meta)
     load_state(model, weights, str(path))
@@ -212,7 +231,7 @@ def train(cfg: ExperimentConfig, parent_run_id: str | None = None, progress: boo
             run.set_tags({"s2s.out_dir": str(Path(cfg.train.out_dir).resolve())})  # where resume=<run id> looks
             if on_run is not None:
                 on_run(run)
-        core = FrozenCore(cfg.backbones)
+        core = shared_core(cfg.backbones)
         train_items, eval_items, skips = prepared_data(cfg, core, progress)
         if point is None:
             run.log_metrics({**skips.as_dict(), "data/train_samples": len(train_items),
