@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evaluation.metrics import AGGREGATIONS, METRICS, Metric, Utterance, evaluate
+from evaluation.metrics import AGGREGATIONS, METRICS, Metric, evaluate
 from evaluation.metrics.text import text_utterances
 from s2s.progress import progress_bar
 from s2s.tracking import Run, TrackingConfig, TrackingError
