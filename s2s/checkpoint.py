@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from s2s.errors import UserError
+from s2s.files import atomic_write, fsync
 
 MODEL_FILE, META_FILE, STATE_FILE = "model.safetensors", "meta.json", "trainer_state.pt"
 FINAL = "final"
@@ -39,19 +40,8 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be used, naming the file and what is wrong."""
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    write(tmp)
-    _fsync(tmp)  # the data is on disk before the name points at it
-    os.replace(tmp, path)
+    atomic_write(path, write, durable=True)  # the data is on disk before the name points at it
 
 
 def _swap_in(tmp: Path, d: Path) -> None:
@@ -64,7 +54,7 @@ def _swap_in(tmp: Path, d: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, d)
-    _fsync(d.parent)
+    fsync(d.parent)
 
 
 def save_checkpoint(directory: str | Path, weights: dict[str, torch.Tensor], meta: dict,
@@ -82,7 +72,7 @@ def save_checkpoint(directory: str | Path, weights: dict[str, torch.Tensor], met
         if trainer_state is not None:
             _atomic(tmp / STATE_FILE, lambda p: torch.save(trainer_state, p))
         _atomic(tmp / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=2, default=str)))
-        _fsync(tmp)  # its entries are on disk before it takes the checkpoint's name
+        fsync(tmp)  # its entries are on disk before it takes the checkpoint's name
         _swap_in(tmp, d)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # only left when writing failed

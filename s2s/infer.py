@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -47,6 +46,7 @@ from s2s.data.loader import ENCODER_SR
 from s2s.errors import UserError
 from s2s.experiment import load_trained
 from s2s.experiment_config import PRESETS
+from s2s.files import atomic_write
 from s2s.generate import GenerationConfig, generate_steps
 from s2s.prepare import PreparedExample, make_batch
 from s2s.progress import progress_bar, quiet_library_bars
@@ -90,14 +90,6 @@ class InferResult:
         return {**out, "tokens": len(self.tokens)}
 
 
-def reads_transcript(model) -> bool:
-    """Whether the strategy reads the input's transcript instead of its audio.
-
-    Only istlm's `interleave_source=text` does; strategies declare no such flag yet, so its config
-    field is asked (a `Strategy.reads_text` would be the better home)."""
-    return getattr(model.cfg, "interleave_source", "audio") == "text"
-
-
 _FIXES = {"unreadable": "give an audio file that soundfile or FFmpeg reads (wav, flac, mp3, ...)",
           "empty": "it has no samples: give a recording of speech",
           "silent": "it holds no sound: give a recording of speech",
@@ -137,7 +129,7 @@ class Session:
         fe = self.core.feature_extractor  # Whisper sees one 30 s window; longer input would be cut silently
         self.max_seconds = min(float(self.cfg.data.max_seconds), fe.n_samples / fe.sampling_rate)
         context_frames(self.core.snac)  # a SNAC that cannot stream exactly fails here, not mid-utterance
-        self.needs_text = reads_transcript(self.model)
+        self.needs_text = self.model.reads_text
         self.last_result: InferResult | None = None
 
     @property
@@ -276,20 +268,10 @@ def _check_folder(path: Path, flag: str) -> None:
         raise InputError(f"{flag} {path}: the folder {path.parent} does not exist; create it first")
 
 
-def write_atomically(path: Path, write) -> None:
-    """`write(tmp)` to a temporary file beside `path`, then rename it to `path`; nothing is left on failure."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_wave(path: Path, wave: torch.Tensor, sample_rate: int) -> None:
     """Float WAV (exact samples) or whatever the suffix names, written atomically."""
     fmt = _output_format(path)
-    write_atomically(path, lambda tmp: sf.write(tmp, wave.numpy(), sample_rate, format=fmt,
+    atomic_write(path, lambda tmp: sf.write(tmp, wave.numpy(), sample_rate, format=fmt,
                                                 subtype="FLOAT" if fmt == "WAV" else None))
 
 
@@ -337,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         if report is not None:
             summary = {"output": str(out), "input": args.input, "checkpoint": args.checkpoint,
                        "seed": session.generation.seed, **result.summary()}
-            write_atomically(report, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+            atomic_write(report, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     except UserError as e:  # says what was wrong and how to fix it; anything else keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -11,7 +11,6 @@ a run with dedup and one without share the expensive SNAC pass and can never get
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from s2s.backbones import FrozenCore, fingerprint
 from s2s.data.loader import Example
+from s2s.files import atomic_write
 from s2s.progress import progress_bar
 from s2s.tokens import codes_to_tokens
 from s2s.tokens import dedup_frames as drop_repeated_frames  # the parameter `dedup_frames` shadows the name
@@ -58,9 +58,7 @@ class Batch:
 
 def _atomic_save(tensors: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)  # readers never see a half-written cache file
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))  # readers never see a half-written cache file
 
 
 def _cached(path: Path, enabled: bool, compute) -> dict:
