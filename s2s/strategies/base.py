@@ -61,6 +61,12 @@ class Strategy(nn.Module):
         self.cfg = cfg
         self.core = core  # a plain attribute: the frozen weights never enter state_dict or the optimizer
 
+    @property
+    def reads_text(self) -> bool:
+        """Whether the model reads the input's transcript (not only its audio): inference must then be
+        given the text."""
+        return False
+
     def forward(self, batch: Batch, audio_order: torch.Tensor | None = None) -> TargetLogits:
         """Logits for every target token of the batch.
 

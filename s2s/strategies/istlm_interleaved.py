@@ -93,6 +93,10 @@ class IstlmInterleaved(Strategy):
         audio, alens = adapt_audio(self.adapter, batch, self.core.device, audio_order)
         return [audio[i, : int(alens[i])] for i in range(len(batch))]
 
+    @property
+    def reads_text(self) -> bool:
+        return self.cfg.interleave_source == "text"
+
     def forward(self, batch: Batch, audio_order: torch.Tensor | None = None) -> TargetLogits:
         core, dev, cfg = self.core, self.core.device, self.cfg
         inputs = self.inputs(batch, audio_order)
