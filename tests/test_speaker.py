@@ -24,6 +24,14 @@ VOICES = [("flite", "slt"), ("flite", "kal16"), ("flite", "awb"), ("flite", "rms
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+@pytest.fixture(autouse=True)
+def no_remembered_embeddings():
+    """Each test embeds its waves itself (the process-wide memo would hide a batching difference)."""
+    S._EMBEDDINGS.clear()
+    yield
+    S._EMBEDDINGS.clear()
+
+
 def _read24k(path) -> torch.Tensor:
     wave, sr = sf.read(str(path), dtype="float32")
     return resampled(torch.from_numpy(wave), sr, SR)
@@ -99,6 +107,7 @@ def test_resemblyzer_figures_are_its_own_d_vectors_and_preprocessing(speech):
     embed = lambda w: encoder.embed_utterance(preprocess_wav(resampled(w, SR, 16000).numpy())).astype(np.float64)
     expected = [float(embed(u.reference_wave) @ embed(u.hypothesis_wave)) for u in pairs[:2]]
     for batch_size in (1, 3):
+        S._EMBEDDINGS.clear()
         sims = S.speaker_similarity(pairs, S.SpeakerConfig(device="cpu", batch_size=batch_size))
         assert sims[:2] == pytest.approx(expected, abs=1e-5)
         assert sims[2] > 0.99 and sims[3] > 0.85, sims
@@ -113,7 +122,9 @@ def test_wavlm_tiny_batched_equals_one_at_a_time(speech, tiny_wavlm, norm):
              speech[("rms", 1)], speech[("en+m1", 0)], speech[("en+f3", 1)]]
     pairs = [_pair(waves[i], waves[(i + 1) % len(waves)]) for i in range(len(waves))] + [_pair(waves[3], waves[3])]
     cfg = lambda bs: S.SpeakerConfig(backend="wavlm", model=str(tiny_wavlm[norm]), device="cpu", batch_size=bs)
-    one, batched = S.speaker_similarity(pairs, cfg(1)), S.speaker_similarity(pairs, cfg(4))
+    one = S.speaker_similarity(pairs, cfg(1))
+    S._EMBEDDINGS.clear()
+    batched = S.speaker_similarity(pairs, cfg(4))
     assert all(np.isfinite(one)) and all(-1.0 <= v <= 1.0 for v in one)
     assert one[-1] == pytest.approx(1.0, abs=1e-5)
     assert max(one[:-1]) - min(one[:-1]) > 1e-3  # the values differ, so equality below means something
@@ -179,3 +190,17 @@ def test_metric_spec_scores_through_evaluate(speech, tiny_wavlm):
 def test_cuda_without_a_gpu_is_a_user_error():
     with pytest.raises(UserError, match="speaker.device"):
         S.speaker_similarity([_pair(torch.ones(SR), torch.ones(SR))], S.SpeakerConfig(device="cuda"))
+
+
+def test_each_wave_is_embedded_once_across_calls(speech, monkeypatch):
+    """The scorer compares the same references with the generated speech, the round trip and the floor:
+    each distinct wave is embedded once, and the figures are those of a fresh computation."""
+    x, y, z = speech[("slt", 0)], speech[("awb", 1)], speech[("rms", 0)]
+    cfg = S.SpeakerConfig(device="cpu")
+    fresh = [S.speaker_similarity([_pair(x, y)], cfg), S.speaker_similarity([_pair(x, z)], cfg)]
+    S._EMBEDDINGS.clear()
+    embedded, real = [], S._embed_resemblyzer
+    monkeypatch.setattr(S, "_embed_resemblyzer", lambda enc, waves, bs: embedded.extend(waves) or real(enc, waves, bs))
+    first, second = S.speaker_similarity([_pair(x, y)], cfg), S.speaker_similarity([_pair(x, z)], cfg)
+    assert len(embedded) == 3  # x, y, then z only
+    assert [first, second] == [pytest.approx(f, abs=1e-6) for f in fresh]

@@ -28,8 +28,10 @@ backend is loaded once per process (per backend, model and device).
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -173,18 +175,34 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(np.clip(float(a @ b) / norm, -1.0, 1.0)) if norm != 0 else EMPTY_SCORE  # NaN stays NaN: a bug
 
 
+# Embeddings by (backend, model, device, wave content): the scorer compares the same references with the
+# generated speech, the round trip and the other-speaker floor, so each reference is embedded once.
+_EMBEDDINGS: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+MAX_EMBEDDINGS = 4096  # oldest dropped first; a few MB
+
+
+def _wave_key(backend: tuple, wave: np.ndarray) -> tuple:
+    return (*backend, len(wave), hashlib.sha1(wave.tobytes()).digest())
+
+
 def speaker_similarity(utterances: Sequence[Utterance], options: SpeakerConfig | None = None) -> list[float]:
     """Cosine similarity of each hypothesis wave's speaker embedding with its reference wave's (see the
     module docstring for the backends and the 0.0 convention)."""
     cfg = options or SpeakerConfig()
-    loaded = load_backend(cfg.backend, cfg.model if cfg.backend == "wavlm" else "", _device(cfg.device))
+    backend = (cfg.backend, cfg.model if cfg.backend == "wavlm" else "", _device(cfg.device))
+    loaded = load_backend(*backend)
     embed = _embed_resemblyzer if cfg.backend == "resemblyzer" else _embed_wavlm
     values, pending = [EMPTY_SCORE] * len(utterances), []
 
     def flush():
-        emb = embed(loaded, [w for _, ref, hyp in pending for w in (ref, hyp)], cfg.batch_size)
-        for k, (i, _, _) in enumerate(pending):
-            values[i] = _cosine(emb[2 * k], emb[2 * k + 1])
+        keys = [[_wave_key(backend, w) for w in pair] for _, *pair in pending]
+        todo = {k: w for (_, *pair), ks in zip(pending, keys) for k, w in zip(ks, pair) if k not in _EMBEDDINGS}
+        for k, e in zip(todo, embed(loaded, list(todo.values()), cfg.batch_size) if todo else []):
+            _EMBEDDINGS[k] = e
+        for (i, _, _), (kr, kh) in zip(pending, keys):
+            values[i] = _cosine(_EMBEDDINGS[kr], _EMBEDDINGS[kh])
+        while len(_EMBEDDINGS) > MAX_EMBEDDINGS:
+            _EMBEDDINGS.popitem(last=False)
         pending.clear()
 
     # Streamed a batch at a time: a corpus's 16 kHz waves could take GBs.
