@@ -204,6 +204,32 @@ class FrozenCore:
         return [c[0].cpu() for c in codes]
 
     @torch.no_grad()
+    def encode_codes_batch(self, waves24k: list[torch.Tensor], max_batch: int = 32) -> list[list[torch.Tensor]]:
+        """`encode_codes` of many waveforms, batched where that changes nothing.
+
+        SNAC right-pads a waveform alone with zeros to a whole number of frames. Padding it further
+        (to a longer neighbour's length) changes its last 2-3 frames: past the signal, the encoder's
+        intermediate convolutions see their own bias activations where, alone, they would see zero
+        padding. So only waveforms with the SAME number of frames share a batch, each padded exactly
+        as SNAC pads it alone: the codes are those of `encode_codes` (tests/test_prepare.py)."""
+        pad_to = self.snac.hop_length * math.lcm(self.snac.vq_strides[0], self.snac.attn_window_size or 1)
+        frames = [max(1, math.ceil(len(w) / pad_to)) for w in waves24k]
+        out: list = [None] * len(waves24k)
+        groups: dict[int, list[int]] = {}
+        for i, n in enumerate(frames):
+            groups.setdefault(n, []).append(i)
+        for n, members in groups.items():
+            for start in range(0, len(members), max_batch):
+                idx = members[start:start + max_batch]
+                x = torch.zeros(len(idx), 1, n * pad_to)
+                for row, i in enumerate(idx):
+                    x[row, 0, :len(waves24k[i])] = waves24k[i]
+                codes = self.snac.encode(x.to(self.device, torch.float32))
+                for row, i in enumerate(idx):
+                    out[i] = [c[row].cpu() for c in codes]
+        return out
+
+    @torch.no_grad()
     def decode_codes(self, codes: list[torch.Tensor]) -> torch.Tensor:
         """SNAC codes [n],[2n],[4n] -> 24 kHz waveform [2048 n] float32 (CPU)."""
         out = self.snac.decode([c.view(1, -1).to(self.device) for c in codes])

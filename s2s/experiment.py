@@ -9,6 +9,7 @@ The command lines (experiments/run.py, compare.py, search.py), evaluation/ and b
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -25,7 +26,8 @@ from s2s.data.synth import synthesize_dataset
 from s2s.experiment_config import (PRESETS, ExperimentConfig, as_dict, build_config, config_from_dict, config_hash,
                                    strategy_class)
 from s2s.listen import write_listening_samples
-from s2s.prepare import make_batch, prepare
+from s2s.prepare import make_batch
+from s2s.shards import prepare_split
 from s2s.resume import RunLock, check_resumable, locate
 from s2s.stop import StopSignals
 from s2s.strategies import STRATEGIES, Strategy
@@ -50,7 +52,7 @@ def ensure_shared_files(cfg: ExperimentConfig) -> None:
 
 
 def load_data(cfg: ExperimentConfig, progress: bool = True):
-    """(train examples, eval examples, counts of skipped samples)."""
+    """(train examples, eval examples, counts of skipped samples), all in memory: for small data."""
     ensure_synth_data(cfg)
     skips = SkipCounter()
     train_ex = load_examples(cfg.data, "train", skips, progress=progress)
@@ -58,12 +60,27 @@ def load_data(cfg: ExperimentConfig, progress: bool = True):
     return train_ex, eval_ex, skips
 
 
+_PREPARED: dict[str, tuple] = {}  # data + cache config and core -> the process's prepared data
+
+
 def prepared_data(cfg: ExperimentConfig, core: FrozenCore, progress: bool = True):
-    """(train items, eval items, skip counts), targets and features read from the cache when present."""
-    train_ex, eval_ex, skips = load_data(cfg, progress)
-    dedup = cfg.data.dedup_frames
-    return (prepare(train_ex, core, cfg.cache, progress, "prepare train", dedup_frames=dedup),
-            prepare(eval_ex, core, cfg.cache, progress, "prepare eval", dedup_frames=dedup), skips)
+    """(train PreparedSplit, eval items (a list), skip counts): what is missing of the prepared shards
+    is prepared first (s2s/shards.py), then training reads them memory-mapped.
+
+    Once per process for a given data/cache config and core: the runs of a comparison and the trials
+    of a search share it."""
+    key = json.dumps([dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.cache),
+                      dataclasses.asdict(core.cfg)], sort_keys=True,
+                     default=str)
+    if key not in _PREPARED:
+        ensure_synth_data(cfg)
+        skips = SkipCounter()
+        train_items = prepare_split(cfg.data, cfg.cache, core, "train", skips, progress)
+        eval_items = list(prepare_split(cfg.data, cfg.cache, core, "eval", skips, progress))
+        _PREPARED.clear()  # one dataset at a time, as for cores
+        _PREPARED[key] = (train_items, eval_items, skips)
+    train_items, eval_items, skips = _PREPARED[key]
+    return train_items, eval_items, copy.deepcopy(skips)
 
 
 def build_strategy(cfg: ExperimentConfig, core: FrozenCore) -> Strategy:
@@ -235,7 +252,7 @@ def train(cfg: ExperimentConfig, parent_run_id: str | None = None, progress: boo
         train_items, eval_items, skips = prepared_data(cfg, core, progress)
         if point is None:
             run.log_metrics({**skips.as_dict(), "data/train_samples": len(train_items),
-                             "data/eval_samples": len(eval_items)}, 0)
+                             "data/eval_samples": len(eval_items), "data/train_hours": train_items.hours()}, 0)
             log_data_inputs(run, cfg, len(train_items), len(eval_items))
         torch.manual_seed(cfg.train.seed)  # the seed decides the initial trainable weights too
         model = build_strategy(cfg, core)
@@ -251,7 +268,8 @@ def train(cfg: ExperimentConfig, parent_run_id: str | None = None, progress: boo
                         "layout": core.layout.to_dict(), "mlflow_run_id": run.run_id, "tracking_uri": run.uri,
                         **model.checkpoint_meta()}
         trainer = Trainer(cfg.train, model, train_items, eval_items, lambda items: make_batch(items, core),
-                          log=run.log_metrics, meta=meta, on_eval=on_eval or (lambda step, metrics: None))
+                          log=run.log_metrics, meta=meta, on_eval=on_eval or (lambda step, metrics: None),
+                          num_workers=cfg.data.num_workers)
         if point is not None:
             try:
                 trainer.load_state_dict(point.state)

@@ -11,7 +11,7 @@ a run with dedup and one without share the expensive SNAC pass and can never get
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,6 +31,9 @@ class CacheConfig:
     enabled: bool = True
     # Whisper states cost ~1.3 MB per 10 s at large-v3 width in float16; off by default for big data.
     cache_speech_states: bool = True
+    # Rows of the seeded order per prepared shard (s2s/shards.py): what a crash can lose, and what
+    # preparation holds in memory at once (~0.16 MB per second of audio).
+    shard_rows: int = field(default=256, metadata={"range": (1, 100_000)})
 
 
 @dataclass
@@ -61,15 +64,6 @@ def _atomic_save(tensors: dict, path: Path) -> None:
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))  # readers never see a half-written cache file
 
 
-def _cached(path: Path, enabled: bool, compute) -> dict:
-    tensors = _load(path, enabled)
-    if tensors is None:
-        tensors = compute()
-        if enabled:
-            _atomic_save(tensors, path)
-    return tensors
-
-
 def _load(path: Path, enabled: bool) -> dict | None:
     if not (enabled and path.is_file()):
         return None
@@ -93,25 +87,41 @@ def _speech_states(chunk: list[Example], core: FrozenCore, states_dir: Path, ena
     return [f["states"].float() for f in found]
 
 
+def target_tokens(waves24k: list[torch.Tensor], core: FrozenCore) -> list[torch.Tensor]:
+    """Flat Orpheus audio ids [7 n_i] of each target waveform [T24_i], SNAC run in exact batches."""
+    return [codes_to_tokens(c, core.layout) for c in core.encode_codes_batch(waves24k)]
+
+
+def cache_dirs(cfg: CacheConfig, core: FrozenCore) -> tuple[Path, Path]:
+    """(SNAC ids dir, Whisper states dir) of this core under `cfg.dir`."""
+    root = Path(cfg.dir)
+    # Stored as Orpheus ids, which depend on the LLM's layout as well as on SNAC's codes.
+    return (root / "snac" / fingerprint(core.cfg.snac) / f"audio-offset-{core.layout.audio_offset}",
+            root / "whisper" / fingerprint(core.cfg.whisper))
+
+
 def prepare(examples: list[Example], core: FrozenCore, cfg: CacheConfig, progress: bool = True,
             desc: str = "prepare", encoder_batch: int = 16, dedup_frames: bool = False) -> list[PreparedExample]:
-    """Compute (or read from cache) target audio ids and, if configured, encoder states.
+    """Compute (or read from cache) target audio ids and, if configured, encoder states, in memory:
+    for evaluation sets and small data (training data is prepared into shards, s2s/shards.py).
 
     dedup_frames: drop target frames whose coarse code repeats the previous frame's
     (:func:`s2s.tokens.dedup_frames`; pass `cfg.data.dedup_frames`), applied to the cached full ids.
     """
-    root = Path(cfg.dir)
-    # Stored as Orpheus ids, which depend on the LLM's layout as well as on SNAC's codes.
-    codes_dir = root / "snac" / fingerprint(core.cfg.snac) / f"audio-offset-{core.layout.audio_offset}"
-    states_dir = root / "whisper" / fingerprint(core.cfg.whisper)
+    codes_dir, states_dir = cache_dirs(cfg, core)
     out = []
     bar = progress_bar(total=len(examples), desc=desc, disable=not progress, unit="utt")
     for start in range(0, len(examples), encoder_batch):
         chunk = examples[start:start + encoder_batch]
         states = _speech_states(chunk, core, states_dir, cfg.enabled) if cfg.cache_speech_states else [None] * len(chunk)
-        for ex, st in zip(chunk, states):
-            codes = _cached(codes_dir / f"{ex.key}.safetensors", cfg.enabled,
-                            lambda: {"tokens": codes_to_tokens(core.encode_codes(ex.target24k), core.layout)})
+        paths = [codes_dir / f"{ex.key}.safetensors" for ex in chunk]
+        found = [_load(p, cfg.enabled) for p in paths]
+        todo = [i for i, f in enumerate(found) if f is None]
+        for i, tokens in zip(todo, target_tokens([chunk[i].target24k for i in todo], core) if todo else []):
+            found[i] = {"tokens": tokens}
+            if cfg.enabled:
+                _atomic_save(found[i], paths[i])
+        for ex, st, codes in zip(chunk, states, found):
             tokens = drop_repeated_frames(codes["tokens"]) if dedup_frames else codes["tokens"]
             out.append(PreparedExample(ex.key, ex.text, ex.language, tokens, st,
                                        None if st is not None else ex.wave16k))

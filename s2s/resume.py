@@ -35,7 +35,8 @@ from s2s.tracking import open_client
 # which compare uses to reuse finished runs) and of a search study's (experiments.search).
 # (cache.cache_speech_states is not among them: states computed per batch are not rounded to float16.)
 FREE_KEYS = ("resume", "tracking.", "train.out_dir", "train.progress", "train.checkpoint_every",
-             "train.keep_checkpoints", "train.max_bad_steps", "cache.dir", "cache.enabled", "synth_if_missing",
+             "train.keep_checkpoints", "train.max_bad_steps", "cache.dir", "cache.enabled", "cache.shard_rows",
+             "data.num_workers", "synth_if_missing",
              "synth_dir")
 
 

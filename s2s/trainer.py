@@ -24,10 +24,12 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader
 from s2s.backbones import autocast
 from s2s.checkpoint import prune_checkpoints, save_checkpoint
 from s2s.errors import UserError
@@ -50,6 +52,11 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata={"range": (0.0, None)})
     label_smoothing: float = field(default=0.1, metadata={"range": (0.0, 1.0)})
     max_grad_norm: float = field(default=1.0, metadata={"range": (0.0, None)})  # 0 = no clipping
+    # Micro-batches of samples of similar length (less padding): each epoch's shuffled order is cut
+    # into windows of `group_window` micro-batches, sorted by length inside a window, and the
+    # window's micro-batches shuffled. The loss normalization is unchanged (tokens of the step).
+    group_by_length: bool = False
+    group_window: int = field(default=50, metadata={"range": (1, None)})
     eval_every: int = field(default=200, metadata={"range": (1, None)})
     eval_batch_size: int = field(default=8, metadata={"range": (1, None)})
     checkpoint_every: int = field(default=0, metadata={"range": (0, None)})  # 0 = at the end only
@@ -75,6 +82,34 @@ def _rank_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
+class _Plan:
+    """A DataLoader batch sampler over planned micro-batches (an endless iterator of index lists)."""
+
+    def __init__(self, plan):
+        self.plan = plan
+
+    def __iter__(self):
+        return self.plan
+
+
+def group_by_length(order: torch.Tensor, lengths: np.ndarray, batch_size: int, window: int,
+                    generator: torch.Generator) -> torch.Tensor:
+    """`order` [n] re-arranged so that consecutive runs of `batch_size` have similar lengths.
+
+    Windows of `window * batch_size` consecutive samples are each sorted by length (longest first)
+    and cut into micro-batches, whose order inside the window is then shuffled with `generator`:
+    batches stay random in which samples they hold and when they come, but pad little."""
+    size = window * batch_size
+    out = []
+    for start in range(0, len(order), size):
+        chunk = order[start:start + size]
+        chunk = chunk[torch.from_numpy(np.argsort(-lengths[chunk.numpy()], kind="stable"))]
+        batches = list(chunk.split(batch_size))
+        whole = len(chunk) // batch_size  # a short last batch (end of the epoch) stays last: the rest align
+        out += [batches[i] for i in torch.randperm(whole, generator=generator).tolist()] + batches[whole:]
+    return torch.cat(out) if out else order
+
+
 def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
     """Linear warmup over `warmup` steps, then linear/cosine decay to 0 at `total` (or constant)."""
     def f(step: int) -> float:
@@ -96,12 +131,21 @@ class Trainer:
     raises (e.g. optuna.TrialPruned) stops training and propagates out of `fit`.
     """
 
-    def __init__(self, cfg: TrainConfig, model, train_items: list, eval_items: list, collate: Callable,
+    def __init__(self, cfg: TrainConfig, model, train_items: Sequence, eval_items: list, collate: Callable,
                  log: Callable[[dict, int], None] = lambda m, s: None, meta: Callable[[], dict] = dict,
-                 on_eval: Callable[[int, dict], None] = lambda s, m: None):
+                 on_eval: Callable[[int, dict], None] = lambda s, m: None, num_workers: int = 0):
         self.cfg, self.model, self.collate, self.log, self.meta = cfg, model, collate, log, meta
         self.on_eval = on_eval
         self.train_items, self.eval_items = train_items, eval_items
+        self.num_workers = num_workers
+        # Target tokens per item, what micro-batches pad: from the items' own `lengths()` (a PreparedSplit)
+        # or their token lists.
+        self.lengths = (np.asarray(train_items.lengths()) if hasattr(train_items, "lengths") else
+                        np.array([len(getattr(it, "speech_tokens", ())) for it in train_items]))
+        if cfg.group_by_length and not self.lengths.any():
+            raise UserError("train.group_by_length=true needs items with target tokens (speech_tokens) to group by")
+        self._orders: dict[int, torch.Tensor] = {}
+        self._batches = None  # the DataLoader iterator, from the current data position
         self.rank, self.world = _rank_world()
         self.params = [p for p in model.parameters() if p.requires_grad]
         groups = model.param_groups(cfg.lr) if hasattr(model, "param_groups") else [{"params": self.params}]
@@ -122,23 +166,60 @@ class Trainer:
 
     # --- data order ------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> torch.Tensor:
-        return torch.randperm(len(self.train_items), generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch))
+        """The sample order of `epoch`: a seeded permutation, length-grouped with `group_by_length`."""
+        if epoch not in self._orders:
+            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+            order = torch.randperm(len(self.train_items), generator=g)
+            if self.cfg.group_by_length:
+                order = group_by_length(order, self.lengths, self.cfg.batch_size, self.cfg.group_window, g)
+            self._orders = {epoch: order, **{e: o for e, o in self._orders.items() if e == epoch - 1}}
+        return self._orders[epoch]
+
+    def _plan_step(self, state: TrainState) -> tuple[list[list[int]], TrainState]:
+        """(this rank's `grad_accum` micro-batches of item indices, the data position after them)."""
+        need = self.cfg.batch_size * self.cfg.grad_accum * self.world
+        state, picked = TrainState(**asdict(state)), []
+        while len(picked) < need:
+            order = self._epoch_order(state.epoch)
+            take = order[state.cursor: state.cursor + need - len(picked)].tolist()
+            picked += take
+            state.cursor += len(take)
+            if state.cursor >= len(order):
+                state.epoch, state.cursor = state.epoch + 1, 0
+        bs = self.cfg.batch_size
+        return [picked[(j * self.world + self.rank) * bs:(j * self.world + self.rank + 1) * bs]
+                for j in range(self.cfg.grad_accum)], state
+
+    def _planned(self, state: TrainState):
+        """Every micro-batch from `state` on, for the DataLoader (which reads ahead of the trainer)."""
+        while True:
+            micro, state = self._plan_step(state)
+            yield from micro
+
+    def padded_fraction(self, micro: list[list[int]]) -> float:
+        """Share of the target-token slots of these micro-batches that are padding."""
+        real = sum(int(self.lengths[idx].sum()) for idx in micro)
+        slots = sum(int(self.lengths[idx].max()) * len(idx) for idx in micro)
+        return 1.0 - real / slots if slots else 0.0
 
     def _next_micro_batches(self) -> list:
-        """The `grad_accum` micro-batches of this rank for the next step; advances the data position."""
-        need = self.cfg.batch_size * self.cfg.grad_accum * self.world
-        picked = []
-        while len(picked) < need:
-            order = self._epoch_order(self.state.epoch)
-            take = order[self.state.cursor: self.state.cursor + need - len(picked)].tolist()
-            picked += take
-            self.state.cursor += len(take)
-            if self.state.cursor >= len(order):
-                self.state.epoch, self.state.cursor = self.state.epoch + 1, 0
-        bs = self.cfg.batch_size
-        mine = [picked[(j * self.world + self.rank) * bs:(j * self.world + self.rank + 1) * bs]
-                for j in range(self.cfg.grad_accum)]
-        return [self.collate([self.train_items[i] for i in idx]) for idx in mine]
+        """The `grad_accum` micro-batches of this rank for the next step; advances the data position.
+
+        Items are read by a DataLoader (`num_workers` processes decode audio ahead of the step) over
+        the planned index lists, from the current position: the order is the plan's, whatever the
+        workers, so a resumed run reads exactly what the uninterrupted one would."""
+        micro, after = self._plan_step(self.state)
+        if self._batches is None:
+            loader = DataLoader(self.train_items, batch_sampler=_Plan(self._planned(TrainState(**asdict(self.state)))),
+                                collate_fn=list, num_workers=self.num_workers,
+                                prefetch_factor=2 if self.num_workers else None,
+                                # Its own generator: drawing the workers' base seed must not move the global
+                                # RNG (dropout's), or a resumed run would draw differently from the original.
+                                generator=torch.Generator().manual_seed(self.cfg.seed))
+            self._batches = iter(loader)
+        self.state.epoch, self.state.cursor = after.epoch, after.cursor
+        self.last_padded_fraction = self.padded_fraction(micro)
+        return [self.collate(next(self._batches)) for _ in micro]
 
     # --- one step ----------------------------------------------------------------------------
     def accumulate_gradients(self, micro_batches: list) -> dict[str, float]:
@@ -238,6 +319,7 @@ class Trainer:
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             raise ValueError(f"trainer state '{part}' does not fit this run "
                              f"({type(e).__name__}: {str(e)[:200]})") from None
+        self._batches = None  # the loader starts again from the restored position
 
     def save(self, name: str | None = None) -> Path | None:
         """Write a checkpoint (`step-XXXXXXX` unless named) into out_dir; older step-* beyond
@@ -286,6 +368,7 @@ class Trainer:
                 before = self.state.step
                 metrics = self.train_step(self._next_micro_batches())
                 metrics["train/epoch"] = self.state.epoch + self.state.cursor / max(1, len(self.train_items))
+                metrics["train/padded_fraction"] = self.last_padded_fraction
                 if self.state.step == before:  # skipped (non-finite): logged at the step it was meant to be
                     self.log(metrics, before + 1)
                     continue
@@ -301,6 +384,7 @@ class Trainer:
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.total_steps:
                     self.save()
             bar.close()
+            self._batches = None  # ends the loader's workers
             if self.state.step < self.total_steps:  # stopped by a signal
                 raise self._stop(stop.signum)
             checkpoint = self.save("final")

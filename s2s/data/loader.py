@@ -7,30 +7,19 @@ sample is skipped and counted (see `SkipCounter`) instead of raising from inside
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass, field
 
 import datasets
 import numpy as np
 import torch
-from s2s.errors import DataError
 from s2s.data.audio import REASONS, BadSample, check_text, decode_audio, prepare_waveform, resample
+from s2s.data.sources import DataSourceError, Source, SplitRows
 from s2s.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 ENCODER_SR = 16_000  # Whisper encoder input
 CODEC_SR = 24_000  # SNAC 24 kHz model
-
-# A source's config name is its language when there is no language column; MLS names its
-# configs by language, mapped here to the ISO codes the synthetic set uses.
-_CONFIG_LANGUAGE = {"spanish": "es", "italian": "it", "english": "en", "french": "fr", "german": "de",
-                    "portuguese": "pt", "polish": "pl", "dutch": "nl"}
-
-
-class DataSourceError(DataError):
-    """A source that cannot be opened or lacks a split/column the config asks for."""
-
 
 @dataclass
 class DataConfig:
@@ -50,10 +39,19 @@ class DataConfig:
     train_split: str = "train"
     # None: hold out `eval_size` rows of the train split (seeded by split_seed), disjoint from train.
     eval_split: str | None = None
+    # Eval utterances: the held-out rows, or the first usable ones of eval_split in the seeded order.
     eval_size: int = field(default=32, metadata={"range": (1, None)})
     split_seed: int = 0
-    # Cap on usable examples per split, counted after filtering, taken in the seeded order.
+    # Budgets of the train split, counted in usable examples taken in the seeded order; the first
+    # reached ends it. max_hours counts the input audio (the card: 500 h of MLS es + it).
     max_samples: int | None = field(default=None, metadata={"range": (1, None)})
+    max_hours: float | None = field(default=None, metadata={"range": (0.0, None)})
+    # Read hub sources in `datasets` streaming mode (no full download); each source is shuffled by a
+    # seeded buffer of this many rows. Local save_to_disk sources stream the same way.
+    streaming: bool = False
+    shuffle_buffer: int = field(default=10_000, metadata={"range": (1, None)})
+    # Processes that decode audio while the main one computes: preparation and training batches.
+    num_workers: int = field(default=0, metadata={"range": (0, 64)})
     max_seconds: float = field(default=30.0, metadata={"range": (0.1, 600.0)})
     # Drop each SNAC frame whose coarse code c0 repeats the previous frame's (s2s.tokens.dedup_frames),
     # as Orpheus' own data preparation does for every training utterance: the frozen Orpheus LM
@@ -115,147 +113,137 @@ class SkipCounter:
         return f"SkipCounter({nonzero or 'none'})"
 
 
-def _parse_source(spec: str) -> tuple[str, str | None, bool]:
-    """"path_or_id[:config]" -> (path_or_id, config, is_local)."""
-    if os.path.isdir(spec):
-        return spec, None, True
-    path, _, config = spec.rpartition(":")
-    if path and os.path.isdir(path):  # a local copy labelled with its config, "data/mls_es:spanish"
-        return path, config, True
-    if spec.startswith(("/", ".", "~")):
-        raise DataSourceError(f"data source {spec!r}: no such directory")
-    return (path, config or None, False) if path else (spec, None, False)
-
-
-def _open_split(spec: str, split: str, single_ok: bool) -> tuple[datasets.Dataset, str | None]:
-    """Open one split of a source -> (dataset, config name). `single_ok`: a plain saved
-    Dataset (no splits) may stand for this split."""
-    path, config, local = _parse_source(spec)
-    if not local:
-        try:
-            return datasets.load_dataset(path, config, split=split), config
-        except Exception as e:
-            raise DataSourceError(
-                f"data source {spec!r} is not a local directory and loading split {split!r} of {path!r}"
-                f"{f' (config {config!r})' if config else ''} from the Hugging Face hub failed: "
-                f"{type(e).__name__}: {e}\nOffline? Pass a local directory written by save_to_disk, or build "
-                "one with: python -m s2s.data.synth --langs es,it --n 240 --out data/synth") from None
-    try:
-        obj = datasets.load_from_disk(path)
-    except Exception as e:
-        raise DataSourceError(f"data source {spec!r}: not a dataset written by save_to_disk "
-                              f"({type(e).__name__}: {e})") from None
-    if isinstance(obj, datasets.DatasetDict):
-        if split not in obj:
-            raise DataSourceError(f"data source {spec!r} has no split {split!r}; it has {sorted(obj)}. "
-                                  "Set data.train_split / data.eval_split")
-        return obj[split], config
-    if not single_ok:
-        raise DataSourceError(f"data source {spec!r} is a single Dataset without splits, so it has no "
-                              f"split {split!r}; set data.eval_split=null to hold out data.eval_size rows")
-    return obj, config
-
-
-def _check_columns(ds: datasets.Dataset, spec: str, cfg: DataConfig) -> datasets.Dataset:
-    """Fail early on missing columns; keep only the needed ones; let us decode audio ourselves."""
-    wanted = {"audio_column": cfg.audio_column, "text_column": cfg.text_column,
-              "target_audio_column": cfg.target_audio_column}
-    for key, col in wanted.items():
-        if col is not None and col not in ds.column_names:
-            raise DataSourceError(f"data source {spec!r} has no column {col!r} (data.{key}); its columns are "
-                                  f"{ds.column_names}. Set data.{key}=<one of them>")
-    keep = [c for c in (*wanted.values(), cfg.language_column, cfg.speaker_column)
-            if c is not None and c in ds.column_names]
-    ds = ds.select_columns(list(dict.fromkeys(keep)))
-    for col in (cfg.audio_column, cfg.target_audio_column):
-        if col is not None and isinstance(ds.features[col], datasets.Audio):
-            ds = ds.cast_column(col, datasets.Audio(decode=False))
-    return ds
-
-
-def _label(row: dict, ds: datasets.Dataset, col: str | None, default: str) -> str:
+def _label(row: dict, source: Source, col: str | None, default: str) -> str:
     """A text or ClassLabel column's value as a string; `default` when the column is missing or empty."""
     value = row.get(col) if col is not None else None
-    if isinstance(ds.features.get(col), datasets.ClassLabel) and value is not None:
-        value = ds.features[col].int2str(value)
+    feature = (source.ds.features or {}).get(col)
+    if isinstance(feature, datasets.ClassLabel) and value is not None:
+        value = feature.int2str(value)
     if isinstance(value, int) and not isinstance(value, bool):  # e.g. an integer speaker id
         value = str(value)
     return value.strip() if isinstance(value, str) and value.strip() else default
 
 
-def _make_example(row: dict, ds: datasets.Dataset, cfg: DataConfig, name: str, language: str) -> Example:
+def _checked_wave(value, name: str, max_seconds: float) -> tuple[np.ndarray, int]:
+    array, sr = decode_audio(value, name)
+    return prepare_waveform(array, sr, max_seconds=max_seconds, sample=name), sr
+
+
+def make_example(row: dict, source: Source, cfg: DataConfig, name: str) -> Example:
     """Validate and convert one row; raises BadSample."""
     text = check_text(row[cfg.text_column], name)
-    array, sr = decode_audio(row[cfg.audio_column], name)
-    wave = prepare_waveform(array, sr, max_seconds=cfg.max_seconds, sample=name)
+    wave, sr = _checked_wave(row[cfg.audio_column], name, cfg.max_seconds)
     h = hashlib.sha1(wave.tobytes() + f"|{sr}|{text}|".encode())
     if cfg.target_audio_column is not None:
-        tname = f"{name} ({cfg.target_audio_column})"
-        tarray, tsr = decode_audio(row[cfg.target_audio_column], tname)
-        target = prepare_waveform(tarray, tsr, max_seconds=cfg.max_seconds, sample=tname)
+        target, tsr = _checked_wave(row[cfg.target_audio_column], f"{name} ({cfg.target_audio_column})",
+                                    cfg.max_seconds)
         h.update(target.tobytes() + f"|{tsr}".encode())
     else:
         target, tsr = wave, sr
-    return Example(key=h.hexdigest()[:20], text=text, language=_label(row, ds, cfg.language_column, language),
+    return Example(key=h.hexdigest()[:20], text=text, language=_label(row, source, cfg.language_column, source.language),
                    wave16k=resample(wave, sr, ENCODER_SR), target24k=resample(target, tsr, CODEC_SR),
-                   speaker=_label(row, ds, cfg.speaker_column, ""))
+                   speaker=_label(row, source, cfg.speaker_column, ""))
+
+
+def stored_audio(value, wave16k: torch.Tensor) -> tuple[bytes, int]:
+    """What to keep of a row's input audio so that `audio_from_store` gives back `wave16k` exactly:
+    the encoded file's bytes (sr 0), or the 16 kHz waveform itself when the row held an array."""
+    if isinstance(value, dict) and value.get("array") is None:
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value), 0
+    if isinstance(value, str):
+        with open(value, "rb") as f:
+            return f.read(), 0
+    return wave16k.numpy().astype(np.float32).tobytes(), ENCODER_SR
+
+
+def audio_from_store(blob: bytes, sr: int, max_seconds: float, name: str = "stored audio") -> torch.Tensor:
+    """The input audio kept by `stored_audio`, as the float32 16 kHz waveform [T16] the loader made."""
+    if sr:
+        return torch.from_numpy(np.frombuffer(blob, dtype=np.float32).copy())
+    wave, sr = _checked_wave(blob, name, max_seconds)
+    return resample(wave, sr, ENCODER_SR)
+
+
+def decode_row(rows: SplitRows, pos: int, row: dict, source: Source, name: str) -> Example | BadSample:
+    """The Example at `pos`, or the BadSample that says why the row is skipped (never raises it)."""
+    try:
+        return make_example(row, source, rows.cfg, name)
+    except BadSample as e:
+        return e
+
+
+class _Skips:
+    """Counts skipped rows and keeps the first few messages for the warning."""
+
+    def __init__(self):
+        self.counter, self.first = SkipCounter(), []
+
+    def add(self, reason: str, message: str):
+        self.counter.add(reason)
+        if len(self.first) < 3:
+            self.first.append(message)
 
 
 def load_examples(cfg: DataConfig, split: str = "train", skips: SkipCounter | None = None,
                   progress: bool = True) -> list[Example]:
-    """Load, validate and resample every usable sample of `split` ("train" or "eval").
+    """Load, validate and resample the usable samples of `split` ("train" or "eval"), in memory.
 
-    Rows from all sources are visited in one seeded order (`cfg.split_seed`), so sources mix
-    and `max_samples` takes a random subset. With `eval_split=None` the first `eval_size`
-    rows of that order over the train split are the eval set and the rest are train:
-    deterministic and disjoint. Bad samples are skipped and added to `skips`.
-    Returns a list of `Example` (wave16k [T16] at 16 kHz, target24k [T24] at 24 kHz), all in
-    memory: ~0.16 MB per second of audio, fine for thousands of short utterances.
+    Rows are taken in the seeded order of `s2s.data.sources.SplitRows` until the split's budget
+    (eval: `eval_size`; train: `max_samples`/`max_hours`, else every row). Bad samples are
+    skipped and added to `skips`. Returns a list of `Example` (wave16k [T16] at 16 kHz,
+    target24k [T24] at 24 kHz): ~0.16 MB per second of audio, for evaluation sets and small data.
+    Training reads big data from prepared shards instead (s2s/shards.py).
     Raises DataSourceError (a UserError) for unusable sources/columns/splits and when nothing
     usable is left.
     """
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    held_out = cfg.eval_split is None
-    split_name = cfg.train_split if (split == "train" or held_out) else cfg.eval_split
-    sources = []  # (spec, dataset, default language)
-    for spec in cfg.sources:
-        ds, config = _open_split(spec, split_name, single_ok=(split_name == cfg.train_split))
-        default = _CONFIG_LANGUAGE.get(config.lower(), config) if config else "unknown"
-        sources.append((spec, _check_columns(ds, spec, cfg), default))
-
-    # One seeded permutation over (source, row) pairs of the whole split.
-    pairs = np.array([(s, r) for s, (_, ds, _) in enumerate(sources) for r in range(len(ds))]).reshape(-1, 2)
-    order = pairs[np.random.default_rng(cfg.split_seed).permutation(len(pairs))]
-    if held_out:
-        if len(order) <= cfg.eval_size:
-            raise DataSourceError(f"the {cfg.train_split!r} split of {cfg.sources} has {len(order)} rows; holding out "
-                             f"data.eval_size={cfg.eval_size} leaves none for training. Lower data.eval_size "
-                             "or set data.eval_split")
-        order = order[:cfg.eval_size] if split == "eval" else order[cfg.eval_size:]
-
-    local, examples, first_errors = SkipCounter(), [], []
-    bar = progress_bar(order, desc=f"loading {split} ({split_name})", unit="utt", disable=not progress)
-    for s, r in bar:
-        spec, ds, default = sources[s]
-        name = f"{spec}[{split_name}][{r}]"
-        try:
-            examples.append(_make_example(ds[int(r)], ds, cfg, name, default))
-        except BadSample as e:
-            local.add(e.reason)
-            if len(first_errors) < 3:
-                first_errors.append(str(e))
-            bar.set_postfix(skipped=local.total, refresh=False)
-        if cfg.max_samples is not None and len(examples) >= cfg.max_samples:
+    rows = SplitRows(cfg, split)
+    budget = Budget.of(cfg, split)
+    local, examples = _Skips(), []
+    total = len(rows) if rows.order is not None else None
+    bar = progress_bar(total=total, desc=f"loading {split} ({rows.split_name})", unit="utt", disable=not progress)
+    for pos, row, source, name in rows.stream():
+        got = decode_row(rows, pos, row, source, name)
+        bar.update(1)
+        if isinstance(got, BadSample):
+            local.add(got.reason, str(got))
+            bar.set_postfix(skipped=local.counter.total, refresh=False)
+            continue
+        examples.append(got)
+        if budget.take(len(got.wave16k) / ENCODER_SR):
             break
     bar.close()
+    return _finish(examples, local, skips, cfg, split, rows.split_name)
+
+
+def _finish(examples: list, local: _Skips, skips: SkipCounter | None, cfg: DataConfig, split: str, split_name: str):
     if skips is not None:
-        skips.update(local)
-    if local.total:
-        log.warning("skipped %d of %d samples of the %s split: %r; e.g. %s", local.total,
-                    local.total + len(examples), split, local, " | ".join(first_errors))
+        skips.update(local.counter)
+    if local.counter.total:
+        log.warning("skipped %d of %d samples of the %s split: %r; e.g. %s", local.counter.total,
+                    local.counter.total + len(examples), split, local.counter, " | ".join(local.first))
     if not examples:
-        why = (f"all {local.total} rows were skipped ({local!r}); e.g. {' | '.join(first_errors)}"
-               if local.total else "it has no rows")
+        why = (f"all {local.counter.total} rows were skipped ({local.counter!r}); e.g. {' | '.join(local.first)}"
+               if local.counter.total else "it has no rows")
         raise DataSourceError(f"no usable examples in the {split} split ({split_name!r}) of {cfg.sources}: {why}")
     return examples
+
+
+class Budget:
+    """How much of a split to take: a count of usable examples and/or hours of input audio."""
+
+    def __init__(self, samples: int | None, hours: float | None):
+        self.samples, self.seconds = samples, None if hours is None else hours * 3600.0
+        self.n, self.total = 0, 0.0
+
+    @classmethod
+    def of(cls, cfg: DataConfig, split: str) -> "Budget":
+        return cls(cfg.eval_size, None) if split == "eval" else cls(cfg.max_samples, cfg.max_hours)
+
+    def take(self, seconds: float) -> bool:
+        """Count one more usable example; True when the budget is reached with it."""
+        self.n += 1
+        self.total += seconds
+        return (self.samples is not None and self.n >= self.samples) or \
+            (self.seconds is not None and self.total >= self.seconds)
