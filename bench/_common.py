@@ -90,3 +90,41 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return "unknown cpu"
+
+
+# --- peak memory of a whole run, in its own process ------------------------------------------
+
+_PEAK_CHILD = """
+import resource, sys
+from experiments.run import main
+code = main(sys.argv[1:])
+print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+sys.exit(code)
+"""
+
+
+def noise_dataset(path: Path, n: int, seconds: float, seed: int = 0) -> str:
+    """n utterances of `seconds` s of quiet noise with a text each, saved with save_to_disk: for
+    measurements where the size of the data matters and its content does not."""
+    import datasets
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    audio = [{"array": (0.05 * rng.standard_normal(int(seconds * 16000))).astype(np.float32), "sampling_rate": 16000}
+             for _ in range(n)]
+    ds = datasets.Dataset.from_dict({"audio": audio, "text": [f"frase número {i}" for i in range(n)]})
+    ds.cast_column("audio", datasets.Audio()).save_to_disk(str(path))
+    return str(path)
+
+
+def peak_rss_of_run(strategy: str, overrides: list[str], timeout: float = 1800) -> float:
+    """Peak RSS in MB of `python -m experiments.run STRATEGY OVERRIDES --no-progress`, run in a child
+    process (ru_maxrss is a per-process peak, so each measured run needs its own)."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _PEAK_CHILD, strategy, *overrides, "--no-progress"],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"the measured run failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    kb = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("PEAK_RSS_KB")]
+    return int(kb[0]) / 1024

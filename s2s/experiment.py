@@ -12,6 +12,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -81,6 +82,18 @@ def prepared_data(cfg: ExperimentConfig, core: FrozenCore, progress: bool = True
         _PREPARED[key] = (train_items, eval_items, skips)
     train_items, eval_items, skips = _PREPARED[key]
     return train_items, eval_items, copy.deepcopy(skips)
+
+
+def prepare_dataset(cfg: ExperimentConfig, progress: bool = True) -> dict:
+    """Prepare the train and eval splits of `cfg` ahead of training (what is missing of them) ->
+    a summary: samples, hours of audio, skip counts, the shard directories and their size on disk."""
+    started = time.time()
+    core = shared_core(cfg.backbones)
+    train_items, eval_items, skips = prepared_data(cfg, core, progress)
+    dirs = sorted({str(Path(p).parent) for p, _ in train_items.shards})
+    disk = sum(f.stat().st_size for d in dirs for f in Path(d).glob("shard-*"))
+    return {"train_samples": len(train_items), "train_hours": train_items.hours(), "eval_samples": len(eval_items),
+            "skipped": skips.as_dict(), "shard_dirs": dirs, "disk_bytes": disk, "seconds": time.time() - started}
 
 
 def build_strategy(cfg: ExperimentConfig, core: FrozenCore) -> Strategy:

@@ -174,8 +174,12 @@ class PreparedSplit(Dataset):
         """[len] target tokens of every row (after dedup when it applies): what batches pad."""
         return 7 * self._column("frames_dedup" if self.dedup else "frames").astype(np.int64)
 
+    def seconds(self) -> np.ndarray:
+        """[len] input audio duration of every row, in seconds."""
+        return self._column("seconds").astype(np.float64)
+
     def hours(self) -> float:
-        return float(self._column("seconds").sum()) / 3600
+        return float(self.seconds().sum()) / 3600
 
     def __getitem__(self, i: int) -> PreparedExample:
         if not 0 <= i < len(self):

@@ -98,6 +98,9 @@ class _FakeCore:
         c0 = (wave24k.long() // 2)  # pairs of equal c0: 0 0 1 1 2 2 ...
         return [c0, torch.arange(2 * n) % 256, torch.arange(4 * n) % 256]
 
+    def encode_codes_batch(self, waves24k):
+        return [self.encode_codes(w) for w in waves24k]
+
 
 def _examples(k=3):
     from s2s.data.loader import Example
