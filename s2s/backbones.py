@@ -204,21 +204,25 @@ class FrozenCore:
         return [c[0].cpu() for c in codes]
 
     @torch.no_grad()
-    def encode_codes_batch(self, waves24k: list[torch.Tensor], max_batch: int = 32) -> list[list[torch.Tensor]]:
+    def encode_codes_batch(self, waves24k: list[torch.Tensor], max_seconds: float = 60.0) -> list[list[torch.Tensor]]:
         """`encode_codes` of many waveforms, batched where that changes nothing.
 
         SNAC right-pads a waveform alone with zeros to a whole number of frames. Padding it further
         (to a longer neighbour's length) changes its last 2-3 frames: past the signal, the encoder's
         intermediate convolutions see their own bias activations where, alone, they would see zero
         padding. So only waveforms with the SAME number of frames share a batch, each padded exactly
-        as SNAC pads it alone: the codes are those of `encode_codes` (tests/test_prepare.py)."""
+        as SNAC pads it alone: the codes are those of `encode_codes` (tests/test_shards.py). A batch
+        holds at most `max_seconds` of audio: the encoder's first layers keep [B, C, T] activations at
+        the full sample rate, and bigger batches only churn memory."""
         pad_to = self.snac.hop_length * math.lcm(self.snac.vq_strides[0], self.snac.attn_window_size or 1)
         frames = [max(1, math.ceil(len(w) / pad_to)) for w in waves24k]
         out: list = [None] * len(waves24k)
         groups: dict[int, list[int]] = {}
         for i, n in enumerate(frames):
             groups.setdefault(n, []).append(i)
+        per_batch = max(1, int(max_seconds * 24_000) // pad_to)  # frames
         for n, members in groups.items():
+            max_batch = max(1, per_batch // n)
             for start in range(0, len(members), max_batch):
                 idx = members[start:start + max_batch]
                 x = torch.zeros(len(idx), 1, n * pad_to)

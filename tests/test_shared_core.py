@@ -43,3 +43,18 @@ def test_runs_share_one_core_and_a_lora_run_leaves_a_fresh_one_to_the_next(run):
     expected, got = weights(fresh), weights(after)
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
     assert after["final_eval"]["eval/loss"] == fresh["final_eval"]["eval/loss"]
+
+
+def test_runs_share_one_prepared_dataset(run, monkeypatch):
+    from s2s import shards
+
+    experiment._PREPARED.clear()
+    calls = []
+    real = shards.prepare_split
+    monkeypatch.setattr(experiment, "prepare_split", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    first = run("adapter_stage1", "d1")
+    second = run("adapter_stage1", "d2", **{"train.lr": 1e-4})  # another run of a comparison or a search
+    assert calls == ["train", "eval"]  # prepared (opened) once per process
+    assert second["eval_items"] is first["eval_items"]
+    run("adapter_stage1", "d3", **{"data.max_samples": 5})  # other data: prepared for itself
+    assert calls == ["train", "eval", "train", "eval"]
