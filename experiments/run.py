@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"\n{e}: interrupted before training started; run the same command again", file=sys.stderr)
         return e.exit_code
+    if result.get("rank"):  # under torchrun: rank 0 reports
+        return 0
     final = result["final_eval"]
     step0, first = result["eval_history"][0]
     print(f"\neval loss (nats/target token): {first['eval/loss']:.4f} at step {step0} -> {final['eval/loss']:.4f} "

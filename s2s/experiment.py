@@ -24,6 +24,7 @@ from s2s.checkpoint import (STATE_FILE, CheckpointError, is_weights_file, load_c
 from s2s.config import ConfigError, apply_overrides_many, flatten, validate
 from s2s.data.loader import SkipCounter, load_examples
 from s2s.data.synth import synthesize_dataset
+from s2s.distributed import SilentRun, barrier, broadcast, init_from_env
 from s2s.experiment_config import (PRESETS, ExperimentConfig, as_dict, build_config, config_from_dict, config_hash,
                                    strategy_class)
 from s2s.listen import write_listening_samples
@@ -246,14 +247,17 @@ def train(cfg: ExperimentConfig, parent_run_id: str | None = None, progress: boo
     cfg.train.progress = cfg.train.progress and progress
     with contextlib.ExitStack() as stack:
         stack.enter_context(StopSignals(defer=False))  # the trainer defers them while it can save
+        rank, world = init_from_env(cfg.backbones.device)
+        cfg.train.progress = cfg.train.progress and rank == 0
         point = resume_point(cfg) if cfg.resume else None  # checked before anything is opened or trained
-        if point is not None:  # before the run is touched: a run still training elsewhere is left alone
-            stack.enter_context(RunLock(point.out_dir))
-        run = stack.enter_context(_open_run(cfg, point, parent_run_id))
+        if rank == 0:  # the run's bookkeeping: one process does it
+            if point is not None:  # before the run is touched: a run still training elsewhere is left alone
+                stack.enter_context(RunLock(point.out_dir))
+            run = stack.enter_context(_open_run(cfg, point, parent_run_id))
         if point is not None:
             resolved = point.meta["config"]
             cfg.train.out_dir = str(point.out_dir)
-        else:
+        elif rank == 0:
             cfg.train.out_dir = _run_dir(cfg, run.run_id, parent_run_id)
             resolved = as_dict(cfg)
             run.log_params(flatten(resolved))
@@ -261,8 +265,20 @@ def train(cfg: ExperimentConfig, parent_run_id: str | None = None, progress: boo
             run.set_tags({"s2s.out_dir": str(Path(cfg.train.out_dir).resolve())})  # where resume=<run id> looks
             if on_run is not None:
                 on_run(run)
+        shared = broadcast((run.run_id, run.uri, cfg.train.out_dir) if rank == 0 else None)
+        if rank != 0:
+            run, cfg.train.out_dir = SilentRun(shared[0], shared[1]), shared[2]
+            resolved = point.meta["config"] if point is not None else as_dict(cfg)
+        if world > 1:
+            print(f"rank {rank}/{world}: global batch {cfg.train.batch_size} x {cfg.train.grad_accum} x {world} = "
+                  f"{cfg.train.batch_size * cfg.train.grad_accum * world} samples per optimizer step")
+            run.log_params({"world_size": world})
         core = shared_core(cfg.backbones)
-        train_items, eval_items, skips = prepared_data(cfg, core, progress)
+        if rank != 0:
+            barrier()  # rank 0 prepares the data first; the others then read its shards
+        train_items, eval_items, skips = prepared_data(cfg, core, progress and rank == 0)
+        if rank == 0:
+            barrier()
         if point is None:
             run.log_metrics({**skips.as_dict(), "data/train_samples": len(train_items),
                              "data/eval_samples": len(eval_items), "data/train_hours": train_items.hours()}, 0)
@@ -276,7 +292,8 @@ def train(cfg: ExperimentConfig, parent_run_id: str | None = None, progress: boo
                 raise CheckpointError(f"resume: {point.path}: {e}") from None
         else:
             run.log_params({"n_trainable_params": model.n_trainable()})
-            stack.enter_context(RunLock(cfg.train.out_dir))  # creates the folder: only once data and model are there
+            if rank == 0:
+                stack.enter_context(RunLock(cfg.train.out_dir))  # creates the folder: only once data and model are there
         meta = lambda: {"strategy": cfg.strategy_name, "config": resolved, "backbones": core.ids(),  # noqa: E731
                         "layout": core.layout.to_dict(), "mlflow_run_id": run.run_id, "tracking_uri": run.uri,
                         **model.checkpoint_meta()}
@@ -289,11 +306,13 @@ def train(cfg: ExperimentConfig, parent_run_id: str | None = None, progress: boo
             except ValueError as e:  # the trainer's own check of a state that does not fit this run
                 raise CheckpointError(f"resume: {point.path / STATE_FILE}: {e}") from None
             # Only now, with everything loaded, does the run change: RUNNING again, same id, same out_dir.
-            for d in set_aside_after(point.out_dir, point.step):
+            for d in set_aside_after(point.out_dir, point.step) if rank == 0 else ():
                 print(f"set aside {d}: a checkpoint past step {point.step} belongs to the abandoned continuation")
             run.reopen({"s2s.resumed_from": str(point.path.resolve()), "s2s.resumed_at_step": str(point.step)})
             print(f"resuming MLflow run {run.run_id} at step {point.step} from {point.path}")
         result = trainer.fit()
+        if rank != 0:  # rank 0 saved, evaluated and logged
+            return {**result, "rank": rank, "run_id": run.run_id, "tracking_uri": run.uri, "model": model}
         run.log_metrics({"time/wall_seconds": result["wall_seconds"]}, result["steps"])
         run.log_artifact(result["checkpoint"], "checkpoint")
         if cfg.listen:

@@ -19,6 +19,7 @@ SIGINT/SIGTERM during `fit` finish the current step, save a checkpoint and raise
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -29,6 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from s2s.backbones import autocast
 from s2s.checkpoint import prune_checkpoints, save_checkpoint
@@ -148,6 +150,10 @@ class Trainer:
         self._batches = None  # the DataLoader iterator, from the current data position
         self.rank, self.world = _rank_world()
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # Several processes: gradients are averaged by DDP over the trainable parameters (the frozen
+        # core is no submodule of the strategy, so it is never wrapped); `forward` goes through it.
+        self.forward = model if self.world == 1 else DistributedDataParallel(
+            model, device_ids=[self.params[0].device] if self.params[0].device.type == "cuda" else None)
         groups = model.param_groups(cfg.lr) if hasattr(model, "param_groups") else [{"params": self.params}]
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         per_step = cfg.batch_size * cfg.grad_accum * self.world
@@ -229,12 +235,18 @@ class Trainer:
             dist.all_reduce(n_tokens)
         # Sums stay on the device: one host sync per step, not two per micro-batch.
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for batch in micro_batches:
-            with autocast(self.device):
-                out = self.model(batch)
-            loss, nll = token_loss_sums(out, self.cfg.label_smoothing)
-            (loss / n_tokens).backward()
+        for i, batch in enumerate(micro_batches):
+            # DDP all-reduces once per step, with the last micro-batch's backward, and AVERAGES over
+            # ranks: scaled by the world size, each token still weighs 1 / (tokens of the step).
+            last = i == len(micro_batches) - 1
+            with (contextlib.nullcontext() if self.world == 1 or last else self.forward.no_sync()):
+                with autocast(self.device):
+                    out = self.forward(batch)
+                loss, nll = token_loss_sums(out, self.cfg.label_smoothing)
+                (loss * self.world / n_tokens).backward()
             sums += torch.stack([loss.detach(), nll.detach()]).double()
+        if self.world > 1:
+            dist.all_reduce(sums)  # the step's loss over every rank's tokens, for the log
         loss_sum, nll_sum, n = torch.cat([sums, n_tokens.double().view(1)]).tolist()
         return {"train/loss": loss_sum / n, "train/nll": nll_sum / n, "train/tokens": n}
 
@@ -336,6 +348,9 @@ class Trainer:
 
     # --- the loop ----------------------------------------------------------------------------
     def _evaluate_and_log(self, step: int, metrics: dict | None = None) -> dict:
+        if self.rank != 0:  # rank 0 evaluates and logs for the run; the others go on to the next step
+            self.history.append((step, {}))
+            return {}
         ev = self.evaluate()
         self.history.append((step, ev))
         self.log({**(metrics or {}), **ev}, step)
@@ -378,7 +393,7 @@ class Trainer:
                 else:
                     self.log(metrics, step)
                 # Postfix first: a log shows only some updates, and those should carry this step's loss.
-                bar.set_postfix(loss=f"{metrics['train/nll']:.3f}", eval=f"{last_eval['eval/loss']:.3f}",
+                bar.set_postfix(loss=f"{metrics['train/nll']:.3f}", eval=f"{last_eval.get('eval/loss', math.nan):.3f}",
                                 refresh=False)
                 bar.update(1)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.total_steps:
