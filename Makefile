@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both set everything up first.
 PY := .venv/bin/python
 
-.PHONY: setup demo test bench ui clean-cache
+.PHONY: setup demo test test-stores bench ui clean-cache
 
 setup:
 	@bash scripts/setup.sh
@@ -11,6 +11,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# PostgreSQL + an mlflow server as shared stores, two search workers on one study (opt-in: about 4 min on 2 cores).
+test-stores: setup
+	$(PY) -m pytest -q -m postgres tests/test_shared_stores.py
 
 bench: setup
 	$(PY) -m bench.trainer_step

@@ -99,7 +99,7 @@ def peak_memory(cfg, n: int) -> None:
         if not (source / "dataset_info.json").exists():
             noise_dataset(source, size, 10.0, seed=size)
         with tempfile.TemporaryDirectory(prefix="s2s-bench-rss-") as tmp:
-            peaks[size] = peak_rss_of_run("adapter_stage1", [
+            peaks[size] = peak_rss_of_run(cfg.strategy_name, [
                 *base, f"data.sources=[{source}]", "data.eval_size=4", "data.speaker_column=null", "listen=0",
                 f"cache.dir={tmp}/cache", "cache.cache_speech_states=false", "cache.shard_rows=32",
                 "data.num_workers=1", "train.max_steps=3", "train.batch_size=2", "train.eval_every=100",

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.distributed [--steps N]
 
-Each side runs `torchrun --standalone --nproc-per-node P -m experiments.run adapter_stage1` twice,
+Each side runs `torchrun --standalone --nproc-per-node P -m experiments.run <the benchmarks' strategy>` twice,
 for 2 and for 2 + N optimizer steps, with the same micro-batch (2) and accumulation (2) per process;
 the difference of the trainer's wall time (`time/wall_seconds` in MLflow) over N is the time of one
 step, free of start-up and evaluation. 2 processes handle twice the samples per step, so the printed
@@ -25,13 +25,13 @@ from bench._common import BENCH_CACHE, header, loadavg, tiny_config
 REPO = Path(__file__).resolve().parents[1]
 
 
-def wall_seconds(nproc: int, steps: int, base: list[str], root: Path) -> float:
+def wall_seconds(strategy: str, nproc: int, steps: int, base: list[str], root: Path) -> tuple[float, int]:
     """The trainer's wall time of one torchrun of `steps` optimizer steps."""
     from mlflow.tracking import MlflowClient
 
     store = root / f"p{nproc}-s{steps}"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "experiments.run", "adapter_stage1", *base, f"train.max_steps={steps}", "train.eval_every=100000",
+           "-m", "experiments.run", strategy, *base, f"train.max_steps={steps}", "train.eval_every=100000",
            f"tracking.root={store}/mlruns", f"train.out_dir={store}/out", "--no-progress"]
     env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -54,8 +54,8 @@ def main(argv=None) -> int:
     per_step = {}
     with tempfile.TemporaryDirectory(prefix="s2s-bench-ddp-") as tmp:
         for nproc in (1, 2):
-            short, n_params = wall_seconds(nproc, 2, base, Path(tmp))
-            long, _ = wall_seconds(nproc, 2 + args.steps, base, Path(tmp))
+            short, n_params = wall_seconds(cfg.strategy_name, nproc, 2, base, Path(tmp))
+            long, _ = wall_seconds(cfg.strategy_name, nproc, 2 + args.steps, base, Path(tmp))
             per_step[nproc] = (long - short) / args.steps
             print(f"{nproc} process{'es' if nproc > 1 else ''}: {per_step[nproc]:.3f} s per optimizer step of "
                   f"{2 * 2 * nproc} samples")

@@ -28,7 +28,10 @@ same command resumes it: finished (complete or pruned) trials are kept and only 
 number run. Several workers share one study: `--workers K` starts K processes on this machine,
 and the same command on other machines with the same `--storage` database URL (and `--study`)
 joins in. A worker that dies is noticed through its heartbeat (`--heartbeat` seconds; stale
-after twice that) and its trial is retried by another worker.
+after twice that) and its trial is retried by another worker. Across machines, share both stores:
+
+    MLFLOW_TRACKING_URI=http://mlflow-host:5000 python -m experiments.search adapter_stage1 --trials 40 \
+        --study s1 --storage postgresql://s2s@db-host:5432/optuna      # the same line on every machine
 
 MLflow: one parent run per study (tag s2s.study=<name>), one child run per trial; the best
 trial, the optimization history, the intermediate values and the parameter importances (PNG)
@@ -53,6 +56,7 @@ from s2s.experiment_config import PRESETS
 from s2s.search.objective import PRUNERS, Goal, Search, resolve
 from s2s.search.session import finish, open_search, run_trials
 from s2s.search.study import METRIC
+from s2s.stores import redact
 from s2s.tracking import ui_command
 
 EXIT = {"FINISHED": 0, "FAILED": 1, "KILLED": 130}
@@ -153,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.no_summary:
         state = "new" if session.new else f"resumed: {session.finished_before} finished trial(s)"
-        print(f"study '{s.study_name}' ({state}) in {s.storage_url}\nsearching {', '.join(s.space)} for "
+        print(f"study '{s.study_name}' ({state}) in {redact(s.storage_url)}\nsearching {', '.join(s.space)} for "
               f"{s.n_trials} trial(s) with {args.workers} worker(s), {s.goal.direction} {s.goal.metric}, "
               f"{s.pruner} pruner; MLflow parent run "
               f"{session.parent.run_id} ({'created' if session.created else 'found again'})")
@@ -188,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     for note in summary["notes"]:
         print(f"note: {note}")
     print(f"logged to MLflow parent run {session.parent.run_id} (experiment '{s.cfg.tracking.experiment}', "
-          f"{session.uri}): {', '.join(summary['artifacts'])}; local copies in {summary['out_dir']}/")
-    print(f"open the Optuna dashboard: optuna-dashboard '{s.storage_url}'   (pip install optuna-dashboard)")
+          f"{redact(session.uri)}): {', '.join(summary['artifacts'])}; local copies in {summary['out_dir']}/")
+    print(f"open the Optuna dashboard: optuna-dashboard '{redact(s.storage_url)}'   (pip install optuna-dashboard)")
     print(f"open the MLflow UI: {ui_command(session.uri)}")
     if any(outcome.worker_codes):
         print(f"warning: worker exit codes {outcome.worker_codes}; re-run the same command to finish the study",

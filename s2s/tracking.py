@@ -2,7 +2,9 @@
 
 Default store (unless MLFLOW_TRACKING_URI or tracking.uri is set): `mlruns/mlflow.db` (SQLite)
 with artifacts under `mlruns/artifacts`, relative to the directory the command runs in. The
-file store is deprecated in MLflow 3 (REFERENCE section 7), so it is not used.
+file store is deprecated in MLflow 3 (REFERENCE section 7), so it is not used. A store shared by
+machines is an `mlflow server` (http://host:port; it keeps the artifacts) in front of a database
+such as PostgreSQL; URLs are checked and redacted by s2s/stores.py.
 
 Every query of the store for runs (a finished run with the same config, a search's parent run
 and its trials) lives here, so the tags they rely on are spelled in one place.
@@ -37,6 +39,7 @@ from mlflow.utils.mlflow_tags import (MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT,
                                       MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER)
 
 from s2s.errors import UserError
+from s2s.stores import database_problem, is_database, one_line, redact
 
 
 @dataclass
@@ -52,17 +55,24 @@ class TrackingError(UserError):
 
 
 def _unreachable(uri: str, why: str, root: str = "mlruns") -> TrackingError:
-    return TrackingError(f"cannot reach the MLflow tracking store '{uri}' ({why}). Nothing was run. Start the "
+    return TrackingError(f"cannot reach the MLflow tracking store '{redact(uri)}' ({why}). Nothing was run. Start the "
                          f"server, fix the URI (tracking.uri=... or MLFLOW_TRACKING_URI), or unset it to use the "
                          f"local store under {root}/")
 
 
 def check_reachable(uri: str, timeout: float = 5.0, root: str = "mlruns") -> None:
-    """TrackingError within `timeout` seconds if an http(s) tracking server does not answer at all.
+    """TrackingError within `timeout` seconds if an http(s) tracking server does not answer at all, or
+    a database server named directly (postgresql://...) refuses a connection.
 
     MLflow itself retries a dead server with backoff for minutes (measured: 4 min for a refused
-    port) before failing; any HTTP answer, even an error status, means the server is there.
+    port, 100 s for a refused PostgreSQL) before failing; any HTTP answer, even an error status,
+    means the server is there.
     """
+    if is_database(uri):
+        why = database_problem(uri, timeout)
+        if why:
+            raise _unreachable(uri, why, root)
+        return
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -94,7 +104,7 @@ def open_client(uri: str, root: str = "mlruns") -> MlflowClient:
     try:
         return MlflowClient(uri)  # a store whose driver is missing fails here already
     except Exception as e:
-        raise _unreachable(uri, f"{type(e).__name__}: {str(e)[:200]}", root) from None
+        raise _unreachable(uri, one_line(e, 200), root) from None
 
 
 def _artifact_root(uri: str) -> str | None:
@@ -107,8 +117,11 @@ def _artifact_root(uri: str) -> str | None:
 
 
 def ui_command(uri: str) -> str:
-    """The command that opens the MLflow UI on this store (bound to localhost)."""
-    return f"mlflow ui --backend-store-uri '{uri}' --host 127.0.0.1 --port 5000 --workers 1"
+    """How to open the MLflow UI on this store: a tracking server serves it at its own address;
+    a database or SQLite store needs `mlflow ui` (bound to localhost)."""
+    if uri.startswith(("http://", "https://")):
+        return f"{redact(uri)} in a browser (the tracking server serves the UI)"
+    return f"mlflow ui --backend-store-uri '{redact(uri)}' --host 127.0.0.1 --port 5000 --workers 1"
 
 
 def git_commit() -> str:
@@ -261,7 +274,7 @@ class Run:
             try:
                 self.client.get_run(run_id)
             except Exception as e:
-                raise TrackingError(f"MLflow run {run_id} is not in the tracking store '{self.uri}' "
+                raise TrackingError(f"MLflow run {run_id} is not in the tracking store '{redact(self.uri)}' "
                                     f"({type(e).__name__}); point tracking.uri at the store that holds it") from None
             # An existing run is only looked at: its experiment is not created or touched.
             self.run_id, self.active = run_id, False
@@ -269,7 +282,7 @@ class Run:
         try:
             exp_id = self._experiment_id(cfg.experiment)
         except Exception as e:  # an unreachable server or unusable database, before any training
-            raise _unreachable(self.uri, f"{type(e).__name__}: {str(e)[:200]}", cfg.root) from None
+            raise _unreachable(self.uri, one_line(e, 200), cfg.root) from None
         all_tags = {**source_tags(source), **(tags or {})}
         if parent_run_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id

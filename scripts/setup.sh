@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up s2s: system packages (ffmpeg, espeak-ng, flite, chromium) and a virtualenv in .venv.
+# Set up s2s: system packages (ffmpeg, espeak-ng, flite, chromium, postgresql) and a virtualenv in .venv.
 # Idempotent: a second run only checks. PYTHON picks the interpreter (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,9 @@ command -v flite >/dev/null || need+=(flite)
 command -v chromium >/dev/null || need+=(chromium)
 # resemblyzer's VAD (webrtcvad) has no wheel: pip compiles it, which needs a C compiler and Python's headers.
 command -v gcc >/dev/null || need+=(gcc)
+# The shared-store test (tests/test_shared_stores.py, `make test-stores`) starts a throwaway PostgreSQL
+# cluster; Debian keeps initdb off PATH, in /usr/lib/postgresql/<version>/bin.
+command -v initdb >/dev/null || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 PY=${PYTHON:-python3}
 [ -f "$("$PY" -c 'import sysconfig; print(sysconfig.get_path("include"))')/Python.h" ] || need+=(python3-dev)
 if [ ${#need[@]} -gt 0 ]; then
@@ -24,7 +27,7 @@ if [ ${#need[@]} -gt 0 ]; then
   else
     echo "error: missing system packages: ${need[*]}." >&2
     echo "Install them with your package manager (Debian/Ubuntu: apt-get install ${need[*]};" >&2
-    echo "macOS: brew install ffmpeg espeak-ng flite), then run this again." >&2
+    echo "macOS: brew install ffmpeg espeak-ng flite postgresql), then run this again." >&2
     exit 1
   fi
 fi

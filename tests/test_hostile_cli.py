@@ -55,10 +55,16 @@ def test_unreachable_uri_from_the_environment(base, tmp_path, capsys, monkeypatc
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_store_driver_is_a_clear_error(base, capsys):
-    assert run.main(["adapter_stage1", *base, "tracking.uri=postgresql://u@127.0.0.1:9/db", "--no-progress"]) == 2
+@pytest.mark.parametrize("uri, why", [
+    ("postgresql://u:pw@127.0.0.1:9/db", "Connection refused"),  # MLflow alone retries this for ~100 s
+    ("postgresql+psycopg2://u:pw@127.0.0.1:9/db", "pip install 'psycopg2-binary'"),  # a driver s2s does not ship
+])
+def test_unusable_database_store_is_a_clear_error(base, capsys, uri, why):
+    started = time.time()
+    assert run.main(["adapter_stage1", *base, f"tracking.uri={uri}", "--no-progress"]) == 2
     msg = one_error_line(capsys)
-    assert "postgresql://u@127.0.0.1:9/db" in msg and "tracking.uri=" in msg
+    assert time.time() - started < 30
+    assert uri.replace(":pw@", ":***@") in msg and "pw@" not in msg and why in msg and "tracking.uri=" in msg
 
 
 @pytest.mark.parametrize("override, message", [

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from optuna.exceptions import ExperimentalWarning
 
 from s2s.search.study import FINISHED, counts
+from s2s.stores import redact
 
 if TYPE_CHECKING:
     from s2s.search.objective import Search
@@ -47,7 +48,7 @@ def summarize(s: Search, study, parent, out_dir: Path) -> dict:
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     sign = 1 if s.goal.direction == "minimize" else -1
     best = min(complete, key=lambda t: sign * t.value) if complete else None
-    summary = {"study": s.study_name, "storage": s.storage_url, "requested_trials": s.n_trials,
+    summary = {"study": s.study_name, "storage": redact(s.storage_url), "requested_trials": s.n_trials,
                "complete": c.get("COMPLETE", 0), "pruned": c.get("PRUNED", 0), "failed": c.get("FAIL", 0),
                "running": c.get("RUNNING", 0), "waiting": c.get("WAITING", 0), "notes": []}
     if best is not None:

@@ -22,6 +22,7 @@ from s2s.search.objective import Search, make_objective, work
 from s2s.search.report import summarize
 from s2s.search.space import space_to_dict
 from s2s.search.study import FINISHED, counts, load_study, open_storage, open_study
+from s2s.stores import one_line, redact
 from s2s.tracking import Run, TrackingError, check_reachable, find_study_parent, open_client, tracking_uri
 
 
@@ -32,21 +33,21 @@ def parent_run(s: Search) -> tuple[Run, bool]:
     try:
         found = find_study_parent(open_client(uri, root=s.cfg.tracking.root), s.cfg.tracking.experiment, s.study_name)
     except Exception as e:
-        raise TrackingError(f"cannot reach the MLflow tracking store '{uri}' ({type(e).__name__}: {str(e)[:200]})")
+        raise TrackingError(f"cannot reach the MLflow tracking store '{redact(uri)}' ({one_line(e, 200)})") from None
     if found is not None:
         run = Run(s.cfg.tracking, run_id=found.info.run_id)
         if found.info.status != "RUNNING":
             run.client.update_run(run.run_id, status="RUNNING")
         return run, False
     run = Run(s.cfg.tracking, {"s2s.study": s.study_name, "s2s.search": "parent", "s2s.strategy": s.cfg.strategy_name,
-                               "s2s.preset": s.cfg.preset, "s2s.optuna_storage": s.storage_url},
+                               "s2s.preset": s.cfg.preset, "s2s.optuna_storage": redact(s.storage_url)},
               run_name=f"search {s.study_name}")
     first = find_study_parent(run.client, s.cfg.tracking.experiment, s.study_name)
     if first is not None and first.info.run_id != run.run_id:  # another worker made one at the same moment
         run.client.delete_run(run.run_id)
         return Run(s.cfg.tracking, run_id=first.info.run_id), False
     run.log_params({"strategy": s.cfg.strategy_name, "preset": s.cfg.preset, "study": s.study_name,
-                    "optuna_storage": s.storage_url})
+                    "optuna_storage": redact(s.storage_url)})
     run.log_dict(as_dict(s.cfg), "base_config.yaml")
     run.log_dict(space_to_dict(s.space), "search_space.yaml")
     return run, True

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from s2s.config import ConfigError
 from s2s.search.space import space_to_dict
+from s2s.stores import database_problem, one_line, redact
 from s2s.tracking import open_client
 
 if TYPE_CHECKING:
@@ -73,14 +74,24 @@ class _RetryDeadWorkers:
 
 
 def open_storage(s: Search, tracking_uri: str):
-    engine_kwargs = {"connect_args": {"timeout": 60}} if s.storage_url.startswith("sqlite") else {}
+    """The study's RDBStorage; ConfigError (one line, the URL's password hidden) if it cannot be used."""
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"cannot open the Optuna storage '{redact(s.storage_url)}' ({why}). Give a database URL "
+                           f"such as sqlite:////abs/path/optuna.db or postgresql://user@host:5432/db (the database "
+                           f"created, the server reachable from every worker) with --storage")
+
+    why = database_problem(s.storage_url)  # in seconds, before Optuna's own multi-line driver errors
+    if why:
+        raise bad(why)
+    if s.storage_url.startswith("sqlite"):
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    else:  # a trial can keep a worker's pooled connection idle for hours; servers and firewalls drop those
+        engine_kwargs = {"pool_pre_ping": True}
     try:
         return optuna.storages.RDBStorage(s.storage_url, engine_kwargs=engine_kwargs, heartbeat_interval=s.heartbeat,
                                           heartbeat_stale_trial_callback=_RetryDeadWorkers(tracking_uri))
     except Exception as e:
-        raise ConfigError(f"cannot open the Optuna storage '{s.storage_url}' ({type(e).__name__}: {str(e)[:300]}). "
-                          f"Give a database URL such as sqlite:////abs/path/optuna.db or "
-                          f"postgresql://user@host/db with --storage") from None
+        raise bad(one_line(e)) from None
 
 
 def open_study(s: Search, storage):
@@ -106,8 +117,9 @@ def open_study(s: Search, storage):
     if attrs.get("s2s.objective", METRIC) != s.goal.metric:
         diffs.append(f"the objective ({attrs.get('s2s.objective', METRIC)}, now {s.goal.metric})")
     if diffs:
-        raise ConfigError(f"study '{s.study_name}' in {s.storage_url} was started with another setup (differs in: "
-                          f"{', '.join(diffs[:10])}). Resume it with its original settings, or give a new --study name")
+        raise ConfigError(f"study '{s.study_name}' in {redact(s.storage_url)} was started with another setup "
+                          f"(differs in: {', '.join(diffs[:10])}). Resume it with its original settings, or give a new "
+                          f"--study name")
     return study
 
 
