@@ -204,7 +204,7 @@ class FrozenCore:
         return [c[0].cpu() for c in codes]
 
     @torch.no_grad()
-    def encode_codes_batch(self, waves24k: list[torch.Tensor], max_seconds: float = 60.0) -> list[list[torch.Tensor]]:
+    def encode_codes_batch(self, waves24k: list[torch.Tensor], max_seconds: float | None = None) -> list[list[torch.Tensor]]:
         """`encode_codes` of many waveforms, batched where that changes nothing.
 
         SNAC right-pads a waveform alone with zeros to a whole number of frames. Padding it further
@@ -212,14 +212,17 @@ class FrozenCore:
         intermediate convolutions see their own bias activations where, alone, they would see zero
         padding. So only waveforms with the SAME number of frames share a batch, each padded exactly
         as SNAC pads it alone: the codes are those of `encode_codes` (tests/test_shards.py). A batch
-        holds at most `max_seconds` of audio: the encoder's first layers keep [B, C, T] activations at
-        the full sample rate, and bigger batches only churn memory."""
+        holds at most `max_seconds` of audio (at least one waveform): the encoder's first layers keep
+        [B, C, T] activations at the full sample rate, and bigger batches only churn memory."""
         pad_to = self.snac.hop_length * math.lcm(self.snac.vq_strides[0], self.snac.attn_window_size or 1)
         frames = [max(1, math.ceil(len(w) / pad_to)) for w in waves24k]
         out: list = [None] * len(waves24k)
         groups: dict[int, list[int]] = {}
         for i, n in enumerate(frames):
             groups.setdefault(n, []).append(i)
+        if max_seconds is None:  # by default 60 s on a GPU; on a CPU one at a time: its convolutions gain
+            # nothing from batching (bench/README.md), and a batch's activations would only raise the peak memory
+            max_seconds = 60.0 if self.device.type == "cuda" else 0.0
         per_batch = max(1, int(max_seconds * 24_000) // pad_to)  # frames
         for n, members in groups.items():
             max_batch = max(1, per_batch // n)
