@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from s2s.backbones import autocast
+from s2s.batching import Plan, group_by_length
 from s2s.checkpoint import prune_checkpoints, save_checkpoint
 from s2s.errors import UserError
 from s2s.metrics import evaluate, token_loss_sums
@@ -82,34 +83,6 @@ class NonFiniteError(UserError):
 
 def _rank_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-class _Plan:
-    """A DataLoader batch sampler over planned micro-batches (an endless iterator of index lists)."""
-
-    def __init__(self, plan):
-        self.plan = plan
-
-    def __iter__(self):
-        return self.plan
-
-
-def group_by_length(order: torch.Tensor, lengths: np.ndarray, batch_size: int, window: int,
-                    generator: torch.Generator) -> torch.Tensor:
-    """`order` [n] re-arranged so that consecutive runs of `batch_size` have similar lengths.
-
-    Windows of `window * batch_size` consecutive samples are each sorted by length (longest first)
-    and cut into micro-batches, whose order inside the window is then shuffled with `generator`:
-    batches stay random in which samples they hold and when they come, but pad little."""
-    size = window * batch_size
-    out = []
-    for start in range(0, len(order), size):
-        chunk = order[start:start + size]
-        chunk = chunk[torch.from_numpy(np.argsort(-lengths[chunk.numpy()], kind="stable"))]
-        batches = list(chunk.split(batch_size))
-        whole = len(chunk) // batch_size  # a short last batch (end of the epoch) stays last: the rest align
-        out += [batches[i] for i in torch.randperm(whole, generator=generator).tolist()] + batches[whole:]
-    return torch.cat(out) if out else order
 
 
 def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
@@ -216,7 +189,7 @@ class Trainer:
         workers, so a resumed run reads exactly what the uninterrupted one would."""
         micro, after = self._plan_step(self.state)
         if self._batches is None:
-            loader = DataLoader(self.train_items, batch_sampler=_Plan(self._planned(TrainState(**asdict(self.state)))),
+            loader = DataLoader(self.train_items, batch_sampler=Plan(self._planned(TrainState(**asdict(self.state)))),
                                 collate_fn=list, num_workers=self.num_workers,
                                 prefetch_factor=2 if self.num_workers else None,
                                 # Its own generator: drawing the workers' base seed must not move the global

@@ -10,7 +10,8 @@ import torch
 from s2s.data.loader import DataConfig
 from s2s.prepare import CacheConfig
 from s2s.shards import prepare_split
-from s2s.trainer import TrainConfig, Trainer, group_by_length
+from s2s.batching import group_by_length
+from s2s.trainer import TrainConfig, Trainer
 from tests.test_trainer import grads, make_model, max_abs_diff
 
 
