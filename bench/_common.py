@@ -94,11 +94,22 @@ def _cpu_model() -> str:
 
 # --- peak memory of a whole run, in its own process ------------------------------------------
 
+# The run's own peak is VmHWM (/proc/self/status), not ru_maxrss: on Linux exec() carries the high-water
+# RSS of the memory it replaces into the process's ru_maxrss, and a subprocess starts as (a vfork or fork
+# of) its parent, so ru_maxrss never reads below the PARENT's peak. Under pytest that parent has loaded
+# the tiny core and built the noise dataset, and it peaked 2.4 GB after building 256 utterances: the
+# 8N run "peaked" there while its own peak was 1.5 GB (tests/test_constant_memory.py). VmHWM is the
+# high-water mark of the run's own address space since exec (resident anonymous and file-backed pages
+# alike, as ru_maxrss counts them).
 _PEAK_CHILD = """
 import resource, sys
 from experiments.run import main
 code = main(sys.argv[1:])
-print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+try:
+    kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+except (OSError, StopIteration):  # no procfs: ru_maxrss, which may include the parent's peak (see above)
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print("PEAK_RSS_KB", kb)
 sys.exit(code)
 """
 
@@ -119,7 +130,8 @@ def noise_dataset(path: Path, n: int, seconds: float, seed: int = 0) -> str:
 
 def peak_rss_of_run(strategy: str, overrides: list[str], timeout: float = 1800) -> float:
     """Peak RSS in MB of `python -m experiments.run STRATEGY OVERRIDES --no-progress`, run in a child
-    process (ru_maxrss is a per-process peak, so each measured run needs its own)."""
+    process (a peak is per process, so each measured run needs its own): the child's VmHWM, which the
+    caller's own memory does not raise (see _PEAK_CHILD). DataLoader workers are not counted."""
     import subprocess
 
     done = subprocess.run([sys.executable, "-c", _PEAK_CHILD, strategy, *overrides, "--no-progress"],
