@@ -7,7 +7,7 @@ beside the analytic model, with gradient checkpointing on and off.
     .venv/bin/python -m bench.full_size --reduced       # small widths, the same code path (the test's)
 
 Whisper-large-v3's encoder, Orpheus 3B (vocab 156,940, the real Orpheus token layout) and SNAC 24 kHz
-are built once with random weights into --cache (~8 GB, s2s/full_size.py). Each setting then trains
+are built once with random weights into --cache (~8 GB, s2s/full_size_build.py). Each setting then trains
 in a fresh process (so its peak memory is its own) through the normal full-preset path:
 `build_config("adapter_stage1", "full", overrides)` + `s2s.experiment.train`, batch 2 of synthesized
 es/it utterances of about --seconds s, grad_accum 1, bf16 backbones: 1 warm-up step, then --steps
@@ -29,7 +29,8 @@ import torch
 from bench._common import BENCH_CACHE, header, loadavg
 from s2s.costs import (CARD, PROMPT_POSITIONS, SNAC_TOKENS_PER_SECOND, Dims, Sample, card_projection,
                        expansion_checkpointing, param_counts, peak_bf16, step_flops, step_memory, utterance)
-from s2s.full_size import MARKER, backbones_dir, dataset_seconds, ensure_dataset, reduced_strategy_overrides, run_isolated
+from s2s.full_size import reduced_strategy_overrides, run_isolated
+from s2s.full_size_build import MARKER, backbones_dir, dataset_seconds, ensure_dataset
 
 GIB = 2 ** 30
 H200_PEAK, TARGET_MFU = 989e12, 0.40
@@ -110,7 +111,7 @@ def expansion_verdict(d: Dims, batch: list[Sample], act_bytes: int) -> None:
 
 
 def projection(d: Dims, s: dict, checkpointing: bool, whisper_cached: bool, device: str) -> None:
-    """The card's training by formula (s2s.full_size.card_projection): on an H200 at 40% MFU, and on this
+    """The card's training by formula (s2s.costs.card_projection): on an H200 at 40% MFU, and on this
     device at the measured target tokens/s and at the measured FLOP/s."""
     p = card_projection(d, checkpointing, whisper_cached)
     hours, utts, epochs, mean = CARD["hours"], CARD["utterances"], CARD["epochs"], p["seconds_per_utterance"]

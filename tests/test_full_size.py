@@ -1,6 +1,6 @@
-"""bench.full_size and its library s2s/full_size.py: random backbones of the real architectures in the real
-formats, the analytic parameter / activation / FLOPs model, and measured training steps (reduced sizes:
-small widths, the same code path and the real Orpheus token layout)."""
+"""bench.full_size and its library (s2s/full_size_build.py, s2s/full_size.py): random backbones of the real
+architectures in the real formats, the analytic parameter / activation / FLOPs model, and measured training
+steps (reduced sizes: small widths, the same code path and the real Orpheus token layout)."""
 from __future__ import annotations
 
 import pytest
@@ -8,6 +8,7 @@ import torch
 
 from s2s import costs
 from s2s import full_size as fs
+from s2s import full_size_build as fsb
 from s2s.backbones import FrozenCore
 from s2s.experiment import build_strategy
 from s2s.experiment_config import build_config
@@ -26,7 +27,7 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reduced(cache):
-    return fs.ensure_backbones(cache, reduced=True)[0]
+    return fsb.ensure_backbones(cache, reduced=True)[0]
 
 
 def reduced_config(root, checkpointing: bool = False):
@@ -36,7 +37,7 @@ def reduced_config(root, checkpointing: bool = False):
 
 
 def meta_dims(configs: dict, strategy_overrides: list[str] = ()) -> tuple[costs.Dims, dict]:
-    """Dims of `configs` (fs.REAL or fs.REDUCED) and the modules' own parameter counts, built on the meta device."""
+    """Dims of `configs` (fsb.REAL or fsb.REDUCED) and the modules' own parameter counts, built on the meta device."""
     from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperModel
 
     from s2s.adapter import SpeechAdapter
@@ -54,7 +55,7 @@ def meta_dims(configs: dict, strategy_overrides: list[str] = ()) -> tuple[costs.
 
 @pytest.mark.parametrize("size", ["real", "reduced"])
 def test_parameter_model_is_exact_against_the_modules(size):
-    d, counted = meta_dims(fs.REAL, []) if size == "real" else meta_dims(fs.REDUCED, fs.reduced_strategy_overrides())
+    d, counted = meta_dims(fsb.REAL, []) if size == "real" else meta_dims(fsb.REDUCED, fs.reduced_strategy_overrides())
     formula = costs.param_counts(d)
     assert {k: formula[k] for k in counted} == counted
     if size == "real":  # Orpheus 3B (tied, vocab 156,940), Whisper-large-v3's encoder, the card's ~119M trainable
@@ -63,19 +64,19 @@ def test_parameter_model_is_exact_against_the_modules(size):
         assert counted["adapter"] + counted["expansion"] == pytest.approx(113e6, rel=0.01)
         from snac import SNAC
         with torch.device("meta"):
-            assert n_params(SNAC(**fs.SNAC_24K)) == pytest.approx(19.8e6, rel=0.01)
+            assert n_params(SNAC(**fsb.SNAC_24K)) == pytest.approx(19.8e6, rel=0.01)
 
 
 def test_an_interrupted_build_is_redone_and_a_complete_one_reused(tmp_path, monkeypatch):
-    real_build = fs.build_orpheus
-    monkeypatch.setattr(fs, "build_orpheus", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("crash")))
+    real_build = fsb.build_orpheus
+    monkeypatch.setattr(fsb, "build_orpheus", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("crash")))
     with pytest.raises(RuntimeError, match="crash"):
-        fs.ensure_backbones(tmp_path, reduced=True)
-    assert (tmp_path / "reduced" / "whisper").is_dir() and not (tmp_path / "reduced" / fs.MARKER).exists()
-    monkeypatch.setattr(fs, "build_orpheus", real_build)
-    root, seconds = fs.ensure_backbones(tmp_path, reduced=True)
-    assert seconds is not None and (root / fs.MARKER).is_file() and (root / "orpheus" / "config.json").is_file()
-    assert fs.ensure_backbones(tmp_path, reduced=True) == (root, None)
+        fsb.ensure_backbones(tmp_path, reduced=True)
+    assert (tmp_path / "reduced" / "whisper").is_dir() and not (tmp_path / "reduced" / fsb.MARKER).exists()
+    monkeypatch.setattr(fsb, "build_orpheus", real_build)
+    root, seconds = fsb.ensure_backbones(tmp_path, reduced=True)
+    assert seconds is not None and (root / fsb.MARKER).is_file() and (root / "orpheus" / "config.json").is_file()
+    assert fsb.ensure_backbones(tmp_path, reduced=True) == (root, None)
 
 
 def test_backbones_load_through_frozen_core_with_the_real_orpheus_layout(reduced):
@@ -127,7 +128,7 @@ def test_activation_model_matches_what_autograd_saves(reduced, checkpointing):
 
 
 def test_flops_and_memory_model_scale_as_expected():
-    d, _ = meta_dims(fs.REAL)
+    d, _ = meta_dims(fsb.REAL)
     short, long = costs.utterance(3.0), costs.utterance(9.0)
     one, two = costs.step_flops(d, [short], True, 1), costs.step_flops(d, [short, short], True, 2)
     assert all(two[k] == pytest.approx(2 * one[k]) for k in one)  # linear in utterances
