@@ -31,11 +31,11 @@ def ensure_dataset(n: int = SYNTH_N, seed: int = 0) -> Path:
 def tiny_config(max_train: int, extra: list[str] = ()):
     """The tiny preset's adapter_stage1 config, pointed at the benchmark dataset.
 
-    The tiny backbones are the preset's (same builder, same seeds) but live in .cache/bench/tiny,
-    so a benchmark never races another process that rebuilds or removes .cache/s2s/tiny.
+    The tiny backbones are the preset's own build, .cache/s2s/tiny (s2s/tiny.py builds it once,
+    under a lock, so a benchmark and a run started together do not both build it).
     """
     data = ensure_dataset()
-    tiny = BENCH_CACHE / "tiny"
+    tiny = Path(".cache/s2s/tiny")
     overrides = [f"data.sources=[{data}]", f"data.eval_size={EVAL_SIZE}", f"data.max_samples={max_train}",
                  "train.progress=false", "backbones.build_tiny=true",
                  *(f"backbones.{k}={tiny / k}" for k in ("whisper", "orpheus", "snac")), *extra]

@@ -13,6 +13,7 @@ import argparse
 import shlex
 import sys
 
+from s2s.brackets import FLOOR, TOPLINE, bracket, fraction_to_topline, summary_line
 from s2s.errors import UserError
 from s2s.progress import quiet_library_bars
 from s2s.experiment import train
@@ -73,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"MLflow run: {result['run_id']}")
     print(f"checkpoint: {result['checkpoint']}")
     print(f"open the UI: {ui_command(result['tracking_uri'])}")
+    if result["brackets"]:  # last, so that a script reads it with `tail -1`
+        floor, topline = (bracket(result["brackets"], name) for name in (FLOOR, TOPLINE))
+        way = fraction_to_topline(final["eval/loss"], floor["eval/loss"], topline["eval/loss"])
+        print(f"the frozen LM alone scores {floor['eval/loss']:.4f} given no text and {topline['eval/loss']:.4f} "
+              f"given the transcript: this run went {way:.0%} of the way from the first to the second")
+        print(summary_line(result["brackets"], final, "miniature" if cfg.preset == "tiny" else "brackets"))
     return 0
 
 

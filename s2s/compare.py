@@ -152,12 +152,14 @@ def run_one(cfg: ExperimentConfig, parent, reuse: bool, progress: bool) -> dict:
         wall = found.data.metrics.get("time/wall_seconds", float("nan"))
         train_nll = found.data.metrics.get("train/nll", float("nan"))
         matched = {k: v for k, v in found.data.metrics.items() if k.startswith("eval/")}  # its final evaluation
+        brackets = {k: v for k, v in found.data.metrics.items() if k.startswith("brackets/")}
     else:
         r = train(cfg, parent_run_id=parent.run_id, progress=progress)
         model, eval_items, collate, run_id = r["model"], r["eval_items"], r["collate"], r["run_id"]
         ckpt, n_trainable, wall = str(r["checkpoint"]), r["n_trainable"], r["wall_seconds"]
         train_nll = parent.client.get_metric_history(run_id, "train/nll")[-1].value
         matched = r["final_eval"]  # the trainer evaluated the final weights already
+        brackets = r["brackets"]
     with autocast(model.core.device):  # the same numerics as the trainer's evaluation
         shuffled = evaluate(model, eval_items, collate, cfg.train.eval_batch_size, prefix="shuffled",
                             shuffle_audio_seed=cfg.train.seed)
@@ -170,7 +172,7 @@ def run_one(cfg: ExperimentConfig, parent, reuse: bool, progress: bool) -> dict:
             "train_nll": train_nll, "eval_loss": matched["eval/loss"], "eval_acc": matched["eval/acc"],
             "eval_loss_k0": matched.get("eval/loss_k0"), "shuffled_loss": shuffled["shuffled/loss"],
             "shuffled_loss_k0": shuffled.get("shuffled/loss_k0"), "n_trainable": n_trainable,
-            "wall_seconds": wall, "history": sorted(history)}
+            "wall_seconds": wall, "history": sorted(history), "brackets": brackets}
 
 
 # --- scoring generated speech ---------------------------------------------------------------

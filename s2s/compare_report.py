@@ -6,6 +6,8 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from s2s.brackets import FLOOR, TOPLINE, bracket, fraction_to_topline
+
 if TYPE_CHECKING:
     from s2s.compare import Scorer
 
@@ -25,10 +27,16 @@ REPORTED_NOTE = (
     "token, defined in the README.")
 
 
-def _mean_std(xs: list[float]) -> str:
+def _mean_std(xs: list[float], fmt: str = "{:.4f}") -> str:
     if not xs:
         return "n/a"
-    return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.4f}"
+    return f"{fmt.format(statistics.mean(xs))} ± {fmt.format(statistics.stdev(xs) if len(xs) > 1 else 0.0)}"
+
+
+def _to_topline(r: dict) -> float:
+    """A run's eval loss as the fraction of the way from its no-text floor to its text topline."""
+    b = r["brackets"]
+    return fraction_to_topline(r["eval_loss"], b[f"brackets/{FLOOR}/loss"], b[f"brackets/{TOPLINE}/loss"])
 
 
 def _steps_cell(rs: list[dict]) -> str:
@@ -52,8 +60,8 @@ def table(results: list[dict], strategies: list[str], seeds: int, toplines: list
           scorer: Scorer | None = None, preset: str = "") -> str:
     """The markdown report: a row per strategy (mean ± std over seeds), the toplines, the card's figures."""
     score_cols = scorer.columns if scorer else (("WER", ""),)
-    head = ["strategy", "optimizer steps (total)", "train loss", "eval loss", "eval loss, shuffled audio",
-            "listening gap", "gap on k0", "token acc", *(h for h, _ in score_cols), "trainable params",
+    head = ["strategy", "optimizer steps (total)", "train loss", "eval loss", "eval loss k0", "to text topline",
+            "eval loss, shuffled audio", "listening gap", "gap on k0", "token acc", *(h for h, _ in score_cols), "trainable params",
             "wall time (s)"]
     width = len(head)
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * width]
@@ -68,6 +76,8 @@ def table(results: list[dict], strategies: list[str], seeds: int, toplines: list
         cells = {"strategy": name, "optimizer steps (total)": _steps_cell(rs),
                  "train loss": _mean_std([r["train_nll"] for r in rs]),
                  "eval loss": _mean_std([r["eval_loss"] for r in rs]),
+                 "eval loss k0": _mean_std([r["eval_loss_k0"] for r in rs if r["eval_loss_k0"] is not None]),
+                 "to text topline": _mean_std([_to_topline(r) for r in rs if r.get("brackets")], "{:.0%}"),
                  "eval loss, shuffled audio": _mean_std([r["shuffled_loss"] for r in rs]),
                  "listening gap": _mean_std(gap), "gap on k0": _mean_std(gap_k0),
                  "token acc": _mean_std([r["eval_acc"] for r in rs]), "trainable params": f"{rs[0]['n_trainable']:,}",
@@ -76,6 +86,14 @@ def table(results: list[dict], strategies: list[str], seeds: int, toplines: list
             cells[header] = (_mean_std([r["scores"][figure] for r in rs if "scores" in r]) if scorer
                              else "not scored")
         rows.append(row(cells))
+    with_brackets = [r for r in results if r.get("brackets")]
+    for name, label in ((FLOOR, "frozen TTS LM given no text (floor, untrained)"),
+                        (TOPLINE, "frozen TTS LM given the transcript (topline, untrained)")):
+        if with_brackets:
+            figures = [bracket(r["brackets"], name) for r in with_brackets]
+            rows.append(row({"strategy": label, "eval loss": _mean_std([f["eval/loss"] for f in figures]),
+                             "eval loss k0": _mean_std([f["eval/loss_k0"] for f in figures]),
+                             "token acc": _mean_std([f["eval/acc"] for f in figures])}))
     for t in toplines or []:
         rows.append(row({"strategy": t["label"], **{h: f"{t['figures'][f]:.4f}" for h, f in score_cols
                                                      if f in t["figures"]}}))
@@ -86,10 +104,11 @@ def table(results: list[dict], strategies: list[str], seeds: int, toplines: list
     asr_tiny = any(r.get("tiny_asr") for r in results)
     warning = ""
     if tiny:
-        what = "Whisper, Orpheus, SNAC" + (" and the Whisper that transcribes" if asr_tiny else "")
-        warning = (f"**Tiny preset: every model here ({what}) has random weights. These numbers show that the "
-                   "pipeline trains, listens and scores; they say nothing about the methods"
-                   + (", and the scores of random-weight models least of all" if scorer else "") + ".**\n\n")
+        what = "the Whisper encoder" + (" and the Whisper that transcribes" if asr_tiny else "")
+        warning = ("**Tiny preset, the miniature (s2s/tiny.py): the frozen TTS LM and the codec are tiny models "
+                   f"trained on synthetic word strings, {what} random. The losses compare methods on that toy "
+                   "task, between the two frozen-LM brackets; they say nothing about the methods at full scale"
+                   + (", and the WER of a random ASR nothing at all" if scorer else "") + ".**\n\n")
     own = sorted({r["steps"] for r in results}, key=str)
     steps_note = f"{own[0]} optimizer steps each" if len(own) == 1 else "the optimizer steps in the steps column"
     if any(len(r["budget"]) > 1 for r in results):
@@ -106,6 +125,9 @@ def table(results: list[dict], strategies: list[str], seeds: int, toplines: list
     return warning + "\n".join(rows) + (
         f"\n\nLosses: nats per target token (speech ids + end_of_speech), mean ± std over {seeds} seed(s), "
         f"{steps_note}, identical data split. Train loss: last step, without label smoothing. "
+        "The two frozen TTS LM rows bracket the strategies: the frozen LM teacher-forced on the same targets after "
+        "an empty text prompt (floor) and after the transcript (topline), untrained (s2s/brackets.py); \"to text "
+        "topline\" = (floor - eval loss) / (floor - topline), 0% at the floor, 100% at the topline. "
         "Listening gap = eval loss with every sample's audio swapped for another's minus matched eval loss: "
         f"near zero means the strategy learned speech-token statistics, not the input. {scored.rstrip()}\n\n"
         f"{REPORTED_NOTE}\n")

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from s2s.backbones import BackboneConfig, FrozenCore
+from s2s.brackets import score_brackets
 from s2s.card_layout import load_state
 from s2s.checkpoint import (STATE_FILE, CheckpointError, is_weights_file, load_checkpoint, load_state_file,
                             set_aside_after)
@@ -33,24 +34,35 @@ from s2s.shards import prepare_split
 from s2s.resume import RunLock, check_resumable, locate
 from s2s.stop import StopSignals
 from s2s.strategies import STRATEGIES, Strategy
-from s2s.tiny import ensure_tiny_backbones
+from s2s.tiny import ensure_tiny_backbones, miniature_report
 from s2s.tracking import Run, tracking_uri
 from s2s.trainer import Trainer
 
 
 def ensure_synth_data(cfg: ExperimentConfig) -> None:
-    """Synthesize `synth_dir` when it is a data source, missing, and `synth_if_missing` asks for it."""
+    """Synthesize `synth_dir` when it is a data source, missing, and `synth_if_missing` asks for it.
+
+    With tiny backbones, their TTS corpus' texts are excluded: the frozen TTS model never heard
+    these recordings (s2s/tiny.py)."""
     synth = Path(cfg.synth_dir)
     if cfg.synth_if_missing and cfg.synth_dir in cfg.data.sources and not synth.exists():
-        print(f"{synth} is missing: synthesizing {cfg.synth_if_missing} es/it utterances with espeak-ng (once)")
-        synthesize_dataset(synth, langs=["es", "it"], n=cfg.synth_if_missing, seed=0)
+        exclude: set[str] = set()
+        if cfg.backbones.build_tiny:
+            ensure_tiny_backbones(cfg.backbones.whisper, cfg.backbones.orpheus, cfg.backbones.snac)
+            report = miniature_report(cfg.backbones.orpheus)
+            if report is not None:
+                exclude = set(report["corpus"]["train_texts"]) | set(report["corpus"]["held_out_texts"])
+        print(f"{synth} is missing: synthesizing {cfg.synth_if_missing} es/it utterances ({cfg.synth_style} "
+              "style) with espeak-ng (once)")
+        synthesize_dataset(synth, langs=["es", "it"], n=cfg.synth_if_missing, seed=0, style=cfg.synth_style,
+                           exclude=exclude)
 
 
 def ensure_shared_files(cfg: ExperimentConfig) -> None:
     """Make the synthetic data and tiny backbones now, before parallel workers would race to."""
-    ensure_synth_data(cfg)
     if cfg.backbones.build_tiny:
         ensure_tiny_backbones(cfg.backbones.whisper, cfg.backbones.orpheus, cfg.backbones.snac)
+    ensure_synth_data(cfg)
 
 
 def load_data(cfg: ExperimentConfig, progress: bool = True):
@@ -283,6 +295,11 @@ def train(cfg: ExperimentConfig, parent_run_id: str | None = None, progress: boo
             run.log_metrics({**skips.as_dict(), "data/train_samples": len(train_items),
                              "data/eval_samples": len(eval_items), "data/train_hours": train_items.hours()}, 0)
             log_data_inputs(run, cfg, len(train_items), len(eval_items))
+        bracket_metrics = {}
+        if cfg.brackets and rank == 0:  # before build_strategy: a LoRA strategy changes the core's LLM
+            bracket_metrics = score_brackets(core, eval_items, cfg.train.eval_batch_size)
+            if point is None:
+                run.log_metrics(bracket_metrics, 0)
         torch.manual_seed(cfg.train.seed)  # the seed decides the initial trainable weights too
         model = build_strategy(cfg, core)
         if point is not None:
@@ -321,4 +338,5 @@ def train(cfg: ExperimentConfig, parent_run_id: str | None = None, progress: boo
             run.log_artifact(listen_dir, "listen")
         run.set_tags({"s2s.checkpoint": str(Path(result["checkpoint"]).resolve())})
         return {**result, "run_id": run.run_id, "tracking_uri": run.uri, "n_trainable": model.n_trainable(),
+                "brackets": bracket_metrics,
                 "model": model, "eval_items": eval_items, "collate": trainer.collate}

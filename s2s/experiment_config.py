@@ -16,6 +16,7 @@ from typing import Any
 from s2s.backbones import BackboneConfig, fingerprint
 from s2s.config import ConfigError, apply_dict, apply_overrides, flatten, load_yaml, to_dict, validate
 from s2s.data.loader import DataConfig
+from s2s.data.synth import STYLES
 from s2s.prepare import CacheConfig
 from s2s.registry import lookup
 from s2s.resume import result_keys
@@ -41,9 +42,14 @@ class ExperimentConfig:
     # missing (0 = never). A data source of your own is never synthesized over.
     synth_if_missing: int = field(default=0, metadata={"range": (0, 100_000)})
     synth_dir: str = "data/synth"
+    # What it sounds like (s2s/data/synth.py STYLES): "miniature" is the speech the tiny TTS model reads.
+    synth_style: str = field(default="miniature", metadata={"choices": STYLES})
     # Eval utterances the final model speaks (greedy) into wavs logged as the run's `listen/` artifacts,
     # beside their targets, so runs can be heard side by side in the MLflow UI (s2s/listen.py). 0 = none.
     listen: int = field(default=4, metadata={"range": (0, 64)})
+    # Before training, score the frozen LM on the eval set given no text and given the transcript:
+    # the floor and topline a strategy's loss sits between (s2s/brackets.py). Two eval passes.
+    brackets: bool = True
     # Continue an interrupted run: a checkpoint directory, a run's out_dir (its newest undamaged
     # checkpoint) or an MLflow run id; the rest of the config must match the run's (s2s/resume.py).
     resume: str = ""

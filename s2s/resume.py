@@ -37,7 +37,7 @@ from s2s.tracking import open_client
 FREE_KEYS = ("resume", "tracking.", "train.out_dir", "train.progress", "train.checkpoint_every",
              "train.keep_checkpoints", "train.max_bad_steps", "cache.dir", "cache.enabled", "cache.shard_rows",
              "data.num_workers", "synth_if_missing",
-             "synth_dir")
+             "synth_dir", "synth_style", "brackets")
 
 
 def result_keys(flat: dict) -> dict:

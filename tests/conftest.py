@@ -6,8 +6,18 @@ pytest_plugins = ["tests.core_fixtures", "tests.run_fixtures"]
 
 @pytest.fixture(scope="session")
 def synth_dataset(tmp_path_factory):
-    """A 12-utterance es+it espeak-ng dataset on disk (built once per session) -> its Path."""
+    """A 12-utterance es+it espeak-ng dataset on disk (built once per session) -> its Path: miniature
+    speech, as the tiny preset synthesizes (the speech the tiny TTS model reads)."""
     from s2s.data.synth import synthesize_dataset
 
     return synthesize_dataset(tmp_path_factory.mktemp("data") / "synth", ["es", "it"], n=12, seed=0,
+                              progress=False, style="miniature")
+
+
+@pytest.fixture(scope="session")
+def varied_dataset(tmp_path_factory):
+    """12 utterances of varied speech: sentences in random voices, rates and pitches -> its Path."""
+    from s2s.data.synth import synthesize_dataset
+
+    return synthesize_dataset(tmp_path_factory.mktemp("data") / "varied", ["es", "it"], n=12, seed=0,
                               progress=False)

@@ -1,8 +1,8 @@
 """Session fixtures for the model/trainer tests: the tiny backbones, the frozen core, prepared items.
 
-The tiny random backbones are built ONCE per session into a temporary directory (through the
-same `FrozenCore(BackboneConfig(build_tiny=True))` path the tiny preset uses) and every test
-shares the loaded core. Prepared items (SNAC target ids + Whisper states of the `synth_dataset`
+The tiny backbones are the tiny preset's, built once into .cache/s2s/tiny (through the same
+`FrozenCore(BackboneConfig(build_tiny=True))` path the preset uses, shared with `make demo`), and
+every test shares the loaded core. Prepared items (SNAC target ids + Whisper states of the `synth_dataset`
 fixture) are cached in a session cache directory, which the end-to-end MLflow run reuses.
 
 `tiny_model(name)` / `build_tiny_model` build ANY registered strategy over the tiny backbones from
@@ -32,13 +32,17 @@ def short_run(synth_dataset, backbones, cache_dir, tracking_root, out_dir, **ext
 
 
 @pytest.fixture(scope="session")
-def tiny_backbone_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tiny_backbones")
+def tiny_backbone_dir():
+    """The tiny preset's own cached build (.cache/s2s/tiny): the miniature takes minutes to build
+    (s2s/tiny.py), so the suite and `make demo` share one build; tests only read it."""
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1] / ".cache" / "s2s" / "tiny"
 
 
 @pytest.fixture(scope="session")
 def tiny_backbone_cfg(tiny_backbone_dir):
-    """BackboneConfig of the tiny preset pointing at a session tmp dir (built on first load), CPU fp32."""
+    """BackboneConfig of the tiny preset's backbones (built on first load), CPU fp32."""
     from s2s.backbones import BackboneConfig
 
     return BackboneConfig(whisper=str(tiny_backbone_dir / "whisper"), orpheus=str(tiny_backbone_dir / "orpheus"),

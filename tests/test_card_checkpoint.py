@@ -41,7 +41,7 @@ def trained(tmp_path_factory, synth_dataset, tiny_backbone_cfg, tiny_core, prepa
                                                            out, **{"train.max_steps": 2,
                                                                    "strategy.expansion_blocks": 1}))
         result = train(cfg, progress=False)
-    # (the session's tiny backbones, never the preset's .cache/s2s/tiny in the working tree)
+    # (the session's tiny backbones, named explicitly as the run named them)
     same_data = [f"backbones.{k}={getattr(tiny_backbone_cfg, k)}" for k in ("whisper", "orpheus", "snac")]
     same_data += [f"data.sources={synth_dataset}", "data.eval_size=4", "synth_if_missing=0", "backbones.device=cpu",
                   f"cache.dir={prepared_cache_dir}", f"tracking.root={root}"]

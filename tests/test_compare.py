@@ -118,7 +118,29 @@ def test_wer_cer_speaker_and_mos_columns_hold_numbers(first):
     assert "on the first 2 eval utterances" in text and "generated greedily" in text
     assert "speaker similarity, resemblyzer" in text and "'whisper' text normalizer" in text
     # the tiny preset says plainly what its figures are worth
-    assert "Tiny preset" in text and "random weights" in text and "say nothing about the methods" in text
+    assert "Tiny preset, the miniature" in text and "random" in text and "nothing about the methods at full scale" in text
+
+
+def test_the_frozen_tts_brackets_and_the_way_to_the_topline(first):
+    """Each run scored the frozen LM given no text and given the transcript; the report shows both rows and
+    each strategy's place between them."""
+    report, _ = first
+    text = (report / "comparison.md").read_text()
+    results = json.loads((report / "results.json").read_text())
+    floor_row = cells_of(text, "frozen TTS LM given no text (floor, untrained)")
+    top_row = cells_of(text, "frozen TTS LM given the transcript (topline, untrained)")
+    floors = [r["brackets"]["brackets/no_text/loss"] for r in results]
+    tops = [r["brackets"]["brackets/text/loss"] for r in results]
+    assert max(floors) - min(floors) < 1e-4 and max(tops) - min(tops) < 1e-4  # same utterances, same frozen LM
+    assert mean_std(floor_row["eval loss"])[0] == pytest.approx(floors[0], abs=1e-4)
+    assert mean_std(top_row["eval loss"])[0] == pytest.approx(tops[0], abs=1e-4)
+    assert tops[0] < floors[0]  # the miniature's LM reads
+    for name in STRATEGIES:
+        rs = [r for r in results if r["strategy"] == name]
+        way = [(r["brackets"]["brackets/no_text/loss"] - r["eval_loss"])
+               / (r["brackets"]["brackets/no_text/loss"] - r["brackets"]["brackets/text/loss"]) for r in rs]
+        cell = cells_of(text, name)["to text topline"]
+        assert cell == f"{statistics.mean(way):.0%} ± {statistics.stdev(way):.0%}"
 
 
 def test_toplines_are_rows_computed_once(first):

@@ -49,7 +49,8 @@ def cfg_for(path, **kw) -> DataConfig:
 # ---------------------------------------------------------------- synth
 
 
-def test_synth_roundtrip(synth_dataset):
+def test_synth_roundtrip(varied_dataset):
+    synth_dataset = varied_dataset
     ds = datasets.load_from_disk(str(synth_dataset))
     assert len(ds) == 12 and {"audio", "text", "language", "voice", "speed", "pitch"} <= set(ds.column_names)
     assert len(set(ds["text"])) == 12
@@ -69,10 +70,10 @@ def test_synth_roundtrip(synth_dataset):
 
 
 def test_synth_is_deterministic(tmp_path, synth_dataset):
-    again = synthesize_dataset(tmp_path / "again", ["es", "it"], n=12, seed=0, progress=False)
+    again = synthesize_dataset(tmp_path / "again", ["es", "it"], n=12, seed=0, progress=False, style="miniature")
     a, b = datasets.load_from_disk(str(synth_dataset)), datasets.load_from_disk(str(again))
     assert a["text"] == b["text"] and a["voice"] == b["voice"]
-    other = synthesize_dataset(tmp_path / "other", ["es", "it"], n=12, seed=1, progress=False)
+    other = synthesize_dataset(tmp_path / "other", ["es", "it"], n=12, seed=1, progress=False, style="miniature")
     assert datasets.load_from_disk(str(other))["text"] != a["text"]
 
 

@@ -131,6 +131,9 @@ def test_metric_histories(finished_run):
     assert steps("train/lr") == [1, 2, 3] and steps("train/grad_norm") == [1, 2, 3]
     assert steps("eval/loss") == [0, 2, 3]  # step 0, every eval_every=2, and the end
     assert steps("eval/loss_k0") == [0, 2, 3]
+    for bracket in ("no_text", "text"):  # the frozen LM's brackets, scored once before training
+        assert steps(f"brackets/{bracket}/loss") == [0] and steps(f"brackets/{bracket}/loss_k0") == [0]
+    assert result["brackets"]["brackets/text/loss"] != result["brackets"]["brackets/no_text/loss"]
     loss = client.get_metric_history(rid, "train/loss")
     assert all(0 < m.value < 50 for m in loss)
     # skipped-sample counts and data sizes, logged once before training

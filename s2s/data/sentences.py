@@ -121,6 +121,27 @@ PARTS: dict[str, dict[str, list[str]]] = {
 LANGUAGES = tuple(PARTS)
 
 
+def vocabulary(lang: str) -> list[str]:
+    """Every word of `lang`'s word lists, lowercased and sorted (es/it: about 175 words; "l'autista"
+    gives two, "l'" and "autista")."""
+    if lang not in PARTS:
+        raise DataError(f"no word lists for language {lang!r}; known: {', '.join(LANGUAGES)}")
+    return sorted({w.lower() for phrases in PARTS[lang].values() for p in phrases for w in p.replace("'", "' ").split()})
+
+
+def make_word_string(lang: str, rng: np.random.Generator, min_words: int = 4, max_words: int = 8) -> str:
+    """`min_words..max_words` words of `vocabulary(lang)` drawn uniformly and independently.
+
+    The miniature's text (s2s/tiny_tts.py): with no grammar, nothing but the text tells which word
+    comes next, so a frozen TTS model's loss given the text and given none differ by what reading is worth.
+    """
+    if not 1 <= min_words <= max_words:
+        raise DataError(f"need 1 <= min_words <= max_words, got min_words={min_words}, max_words={max_words}")
+    words = vocabulary(lang)
+    text = " ".join(words[i] for i in rng.integers(len(words), size=int(rng.integers(min_words, max_words + 1))))
+    return text[0].upper() + text[1:] + "."
+
+
 def make_sentence(lang: str, rng: np.random.Generator, min_words: int = 3, max_words: int = 10) -> str:
     """One random sentence of `min_words..max_words` words in `lang` ("es", "it" or "en").
 

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from s2s.data.sentences import make_sentence
+import torch
+import torchaudio
+from s2s.data.sentences import make_sentence, make_word_string
 from s2s.errors import DataError, UserError
 from s2s.progress import progress_bar
 
@@ -31,6 +33,20 @@ ESPEAK_SPEED = (140, 190)  # words per minute; espeak-ng's default is 175
 ESPEAK_PITCH = (30, 70)  # 0-99, default 50
 FLITE_STRETCH = (0.85, 1.15)  # duration_stretch: >1 is slower
 ENGINES = {"espeak": ("espeak-ng", "espeak-ng"), "flite": ("flite", "flite")}  # engine: (binary, apt package)
+# Two styles of speech. "varied": grammatical sentences in random voices, rates and pitches (speech a
+# model must generalize over). "miniature": strings of random words of the closed vocabulary, each word
+# spoken alone, fast, in ONE voice per language, cut or padded to exactly MINIATURE_WORD_FRAMES coarse
+# SNAC frames (170 ms: most words lose their ends) and concatenated: the speech the tiny trained TTS
+# model reads (s2s/tiny_tts.py). A word then sounds, and is coded, the same wherever it falls, and word i
+# fills frames 2i and 2i+1, so a 4-layer model can learn to read from an hour of it; from running speech
+# it could not (README, "The miniature", has the measurements).
+STYLES = ("varied", "miniature")
+MINIATURE_VOICES = {"es": "es+m3", "it": "it+f2", "en": "en+m3"}
+MINIATURE_WPM = 450  # espeak-ng's top rate: 2.8 frames per word on average before trimming
+MINIATURE_RATE = 24000  # written at SNAC's rate, so that the frame grid survives (no resampling)
+MINIATURE_GRID = 2048  # samples per coarse frame of a SNAC at hop 512 (the real one's and the tiny one's)
+MINIATURE_WORD_FRAMES = 2
+WORDS = {"varied": (3, 10), "miniature": (2, 4)}  # default words per utterance, by style
 
 
 @dataclass
@@ -53,7 +69,12 @@ def _require(engine: str) -> str:
     return path
 
 
-def _draw(lang: str, engine: str, rng: np.random.Generator, min_words: int, max_words: int) -> Utterance:
+def _draw(lang: str, engine: str, rng: np.random.Generator, min_words: int, max_words: int,
+          style: str = "varied") -> Utterance:
+    if style == "miniature":
+        text = make_word_string(lang, rng, min_words, max_words)
+        voice = "slt" if engine == "flite" else MINIATURE_VOICES[lang]
+        return Utterance(text, lang, voice, round(MINIATURE_WPM / 175, 3), -1 if engine == "flite" else 50)
     text = make_sentence(lang, rng, min_words, max_words)
     if engine == "flite":
         return Utterance(text, lang, "slt", round(1 / rng.uniform(*FLITE_STRETCH), 3), -1)
@@ -84,11 +105,45 @@ def synthesize(utt: Utterance, binary: str, engine: str) -> tuple[bytes, float]:
     return data, info.frames / info.samplerate
 
 
+def word_clip(word: str, lang: str, binary: str, engine: str = "espeak") -> np.ndarray:
+    """One word of miniature speech: float32 at MINIATURE_RATE, silence trimmed, then cut or zero-padded
+    to MINIATURE_WORD_FRAMES x MINIATURE_GRID samples."""
+    utt = _draw(lang, engine, np.random.default_rng(0), 1, 1, "miniature")
+    data, _ = synthesize(Utterance(word, lang, utt.voice, utt.speed, utt.pitch), binary, engine)
+    wave, rate = sf.read(io.BytesIO(data), dtype="float32")
+    wave = torchaudio.functional.resample(torch.from_numpy(wave), rate, MINIATURE_RATE).numpy()
+    loud = np.nonzero(np.abs(wave) > 1e-3)[0]
+    if len(loud) == 0:
+        raise DataError(f"{engine} produced silence for the word {word!r} ({lang})")
+    size = MINIATURE_WORD_FRAMES * MINIATURE_GRID
+    wave = wave[loud[0]: loud[-1] + 1][:size]
+    return np.pad(wave, (0, size - len(wave)))
+
+
+def _miniature_audio(utts: list[Utterance], binary: str, engine: str, workers: int, bar) -> list[bytes]:
+    """WAV bytes of each utterance: its words' clips (each synthesized once) end to end."""
+    words = sorted({(u.language, w) for u in utts for w in u.text.rstrip(".").lower().split()})
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        clips = dict(zip(words, pool.map(lambda lw: word_clip(lw[1], lw[0], binary, engine), words)))
+    out = []
+    for u in utts:
+        wave = np.concatenate([clips[(u.language, w)] for w in u.text.rstrip(".").lower().split()])
+        buf = io.BytesIO()
+        sf.write(buf, wave, MINIATURE_RATE, format="WAV", subtype="PCM_16")
+        out.append(buf.getvalue())
+        bar.update()
+    return out
+
+
 def synthesize_dataset(out: str | os.PathLike, langs: list[str] | str, n: int, seed: int = 0,
-                       engine: str = "espeak", min_words: int = 3, max_words: int = 10,
+                       engine: str = "espeak", min_words: int | None = None, max_words: int | None = None,
                        min_seconds: float = 1.0, max_seconds: float = 4.0, workers: int = 2,
-                       progress: bool = True) -> Path:
+                       progress: bool = True, style: str = "varied", exclude: set[str] = frozenset()) -> Path:
     """Synthesize `n` utterances (round-robin over `langs`) and save them as a Dataset at `out`.
+
+    `style` (STYLES): "varied" or "miniature" speech (see STYLES); words per utterance default to
+    the style's (WORDS). Texts in `exclude` are never drawn. Miniature utterances are as long as
+    their words: `min_seconds`/`max_seconds` apply to varied speech only.
 
     Sentences are distinct and drawn with `seed`; an utterance whose audio falls outside
     `min_seconds..max_seconds` is redrawn (up to 5 rounds). An existing dataset at `out`
@@ -108,14 +163,18 @@ def synthesize_dataset(out: str | os.PathLike, langs: list[str] | str, n: int, s
     saved = (out / "dataset_info.json").exists() or (out / "dataset_dict.json").exists()
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not saved)):
         raise DataError(f"{out} exists and is not a saved dataset (or an empty directory); refusing to overwrite it")
+    if style not in STYLES:
+        raise DataError(f"unknown synthesis style {style!r}; choose one of {', '.join(STYLES)}")
+    min_words = WORDS[style][0] if min_words is None else min_words
+    max_words = WORDS[style][1] if max_words is None else max_words
     binary = _require(engine)
 
     rng = np.random.default_rng(seed)
-    seen: set[str] = set()
+    seen: set[str] = set(exclude)
 
     def draw(lang: str, lo: int, hi: int) -> Utterance:
         for _ in range(100):  # distinct sentences; fall back to a repeat if the range is tiny
-            utt = _draw(lang, engine, rng, lo, hi)
+            utt = _draw(lang, engine, rng, lo, hi, style)
             if utt.text not in seen:
                 break
         seen.add(utt.text)
@@ -123,8 +182,10 @@ def synthesize_dataset(out: str | os.PathLike, langs: list[str] | str, n: int, s
 
     utts = [draw(langs[i % len(langs)], min_words, max_words) for i in range(n)]
     audio: list[bytes] = [b""] * n
-    todo = list(range(n))
-    bar = progress_bar(total=n, desc=f"synthesizing ({engine})", unit="utt", disable=not progress)
+    todo = [] if style == "miniature" else list(range(n))  # miniature: words x clips, no duration redraws
+    bar = progress_bar(total=n, desc=f"synthesizing ({engine}, {style})", unit="utt", disable=not progress)
+    if style == "miniature":
+        audio = _miniature_audio(utts, binary, engine, workers, bar)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for round_ in range(1, 6):
             retry = []
@@ -172,12 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="data/synth")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--engine", choices=sorted(ENGINES), default="espeak")
-    p.add_argument("--min-words", type=int, default=3)
-    p.add_argument("--max-words", type=int, default=10)
+    p.add_argument("--min-words", type=int, default=None, help="default: 3 (varied), 2 (miniature)")
+    p.add_argument("--max-words", type=int, default=None, help="default: 10 (varied), 4 (miniature)")
     p.add_argument("--workers", type=int, default=2, help="parallel synthesizer processes")
+    p.add_argument("--style", choices=STYLES, default="varied",
+                   help="varied: sentences in random voices and rates; miniature: random words, one voice per language")
     a = p.parse_args(argv)
     try:
-        out = synthesize_dataset(a.out, a.langs, a.n, a.seed, a.engine, a.min_words, a.max_words, workers=a.workers)
+        out = synthesize_dataset(a.out, a.langs, a.n, a.seed, a.engine, a.min_words, a.max_words,
+                                  workers=a.workers, style=a.style)
     except UserError as e:  # anything else is a bug and keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
