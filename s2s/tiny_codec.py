@@ -27,6 +27,8 @@ def spherical_kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Gener
     """Unit centroids [k, D] of x [N, D] by cosine similarity, and each row's cluster [N].
 
     An empty cluster is re-seeded with a random row, so all k codes stay in use."""
+    if len(x) < k:
+        raise ValueError(f"spherical_kmeans: {len(x)} vectors cannot fill {k} clusters; fit on more speech")
     x = F.normalize(x, dim=1)
     c = x[torch.randperm(len(x), generator=generator)[:k]].clone()
     for _ in range(iters):

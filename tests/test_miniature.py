@@ -29,7 +29,7 @@ LINE = re.compile(r"^miniature: no-text floor (\d+\.\d+), text topline (\d+\.\d+
 def miniature_speech(tmp_path_factory):
     """16 new miniature-style utterances (a seed no build uses) as Examples."""
     path = synthesize_dataset(tmp_path_factory.mktemp("mini") / "speech", ["es", "it"], n=16, seed=99,
-                              style="miniature", min_words=4, max_words=8, progress=False)
+                              style="miniature", progress=False)
     return load_examples(DataConfig(sources=[str(path)], eval_size=1), "train", progress=False)
 
 
@@ -105,28 +105,33 @@ def test_miniature_speech_is_one_voice_per_language_at_one_rate(tmp_path):
         assert set(words) <= set(vocabulary(row["language"]))
 
 
-def test_fitted_quantizers_use_their_codebooks(miniature_speech):
+def test_fitted_quantizers_use_their_codebooks(tmp_path):
     from snac import SNAC
 
     from s2s.tiny import SNAC_CONFIG
 
+    path = synthesize_dataset(tmp_path / "speech", ["es", "it"], n=120, seed=98, style="miniature", progress=False)
+    speech = load_examples(DataConfig(sources=[str(path)], eval_size=1), "train", progress=False)
     torch.manual_seed(0)
     snac = SNAC(**SNAC_CONFIG).eval()
-    waves = [e.target24k.numpy() for e in miniature_speech]
-    x = torch.from_numpy(np.concatenate(waves)).view(1, 1, -1)
-    with torch.no_grad():
-        before = [int(c.unique().numel()) for c in snac.encode(x)]
+    waves = [e.target24k.numpy() for e in speech]
+
+    def distinct() -> list[int]:  # codes in use per codebook, each utterance encoded alone (as preparation does)
+        with torch.no_grad():
+            codes = [snac.encode(torch.from_numpy(w).view(1, 1, -1)) for w in waves]
+        return [len(set(torch.cat([c[k].flatten() for c in codes]).tolist())) for k in range(3)]
+
+    before = distinct()
     used = fit_quantizers(snac, waves)
-    with torch.no_grad():
-        after = [int(c.unique().numel()) for c in snac.encode(x)]
-    assert after == used
-    assert after[0] > 4 * before[0] and after[0] >= 100, (before, after)
+    after = distinct()
+    assert min(used) > 200  # the fit's own assignment
+    assert after[0] > 3 * before[0] and after[0] >= 64, (before, after)
 
 
 def test_spherical_kmeans_finds_directions():
     g = torch.Generator().manual_seed(0)
     centres = torch.eye(3)
-    x = torch.cat([c * torch.rand(50, 1, generator=g) * 3 + 0.05 * torch.randn(50, 3, generator=g) for c in centres])
+    x = torch.cat([c * (1 + 2 * torch.rand(50, 1, generator=g)) + 0.05 * torch.randn(50, 3, generator=g) for c in centres])
     found, assign = spherical_kmeans(x, 3, 10, g)
     assert sorted((found @ centres.T).argmax(1).tolist()) == [0, 1, 2]
     assert all(len(set(assign[i * 50:(i + 1) * 50].tolist())) == 1 for i in range(3))
