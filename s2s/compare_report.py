@@ -126,7 +126,7 @@ def table(results: list[dict], strategies: list[str], seeds: int, toplines: list
         f"\n\nLosses: nats per target token (speech ids + end_of_speech), mean ± std over {seeds} seed(s), "
         f"{steps_note}, identical data split. Train loss: last step, without label smoothing. "
         "The two frozen TTS LM rows bracket the strategies: the frozen LM teacher-forced on the same targets after "
-        "an empty text prompt (floor) and after the transcript (topline), untrained (s2s/brackets.py); \"to text "
+        "an empty text prompt (the floor) and after the transcript (the topline), untrained (s2s/brackets.py); \"to text "
         "topline\" = (floor - eval loss) / (floor - topline), 0% at the floor, 100% at the topline. "
         "Listening gap = eval loss with every sample's audio swapped for another's minus matched eval loss: "
         f"near zero means the strategy learned speech-token statistics, not the input. {scored.rstrip()}\n\n"

@@ -70,10 +70,12 @@ def test_synth_roundtrip(varied_dataset):
 
 
 def test_synth_is_deterministic(tmp_path, synth_dataset):
-    again = synthesize_dataset(tmp_path / "again", ["es", "it"], n=12, seed=0, progress=False, style="miniature")
+    again = synthesize_dataset(tmp_path / "again", ["es", "it"], n=12, seed=0, progress=False, style="miniature",
+                               min_words=4, max_words=5)
     a, b = datasets.load_from_disk(str(synth_dataset)), datasets.load_from_disk(str(again))
     assert a["text"] == b["text"] and a["voice"] == b["voice"]
-    other = synthesize_dataset(tmp_path / "other", ["es", "it"], n=12, seed=1, progress=False, style="miniature")
+    other = synthesize_dataset(tmp_path / "other", ["es", "it"], n=12, seed=1, progress=False, style="miniature",
+                               min_words=4, max_words=5)
     assert datasets.load_from_disk(str(other))["text"] != a["text"]
 
 

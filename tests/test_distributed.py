@@ -63,7 +63,9 @@ def test_two_ranks_make_the_update_of_one_rank_with_twice_the_accumulation(tmp_p
     b = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
+        # 1e-5: float noise of the summation order, which Adam amplifies where gradients are tiny (1.3e-6 seen),
+        # is far below one update (lr 1e-3): a wrong normalization would move weights by about that much
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), (k, float((a[k] - b[k]).abs().max()))
     runs = _runs(tmp_path)
     assert len(runs) == 2 and {r.data.params.get("world_size") for r in runs} == {"2", None}  # rank 1 logged nothing
     assert all(r.info.status == "FINISHED" for r in runs)

@@ -201,15 +201,16 @@ def _runs(env):
 
 def test_median_pruner_prunes_and_mlflow_holds_parent_and_children(env, capsys):
     """lr is fixed per trial (enqueued): two trials with useful learning rates finish, then a trial with
-    a vanishing lr is clearly worse than their median at its first evaluation and is pruned."""
+    an exploding lr is clearly worse than their median at its first evaluation and is pruned. (A vanishing
+    lr no longer serves: the miniature's first steps at a useful lr do not yet beat the untrained model.)"""
     import optuna
 
     name = "prune"
     space = env["root"].parent / "lr.yaml"
-    space.write_text(yaml.safe_dump({"train.lr": {"type": "float", "low": 1e-8, "high": 1e-2, "log": True}}))
+    space.write_text(yaml.safe_dump({"train.lr": {"type": "float", "low": 1e-8, "high": 1.0, "log": True}}))
     env["root"].mkdir(parents=True)
     study = optuna.create_study(study_name=name, storage=env["storage"], direction="minimize")
-    for lr in (3e-3, 1e-3, 1e-8):
+    for lr in (3e-3, 1e-3, 1.0):
         study.enqueue_trial({"train.lr": lr})
     args = [STRATEGY, "--trials", "3", "--study", name, "--space", str(space), "--replace-space",
             "--heartbeat", "5", *env["overrides"]]
@@ -220,7 +221,7 @@ def test_median_pruner_prunes_and_mlflow_holds_parent_and_children(env, capsys):
     trials = study.get_trials()
     assert len(trials) == 3 and _states(study) == {"COMPLETE": 2, "PRUNED": 1}
     pruned = next(t for t in trials if t.state.name == "PRUNED")
-    assert pruned.params["train.lr"] == pytest.approx(1e-8) and max(pruned.intermediate_values) < 3
+    assert pruned.params["train.lr"] == pytest.approx(1.0) and max(pruned.intermediate_values) < 3
     assert "best trial #" in out and "optuna-dashboard 'sqlite:////" in out and "mlflow ui --backend-store-uri" in out
 
     client, parents, children = _runs(env)

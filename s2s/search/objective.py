@@ -178,6 +178,11 @@ def make_objective(s: Search, study, parent_id: str):
             if metric not in metrics:
                 raise ConfigError(f"--metric {metric}: the trainer's evaluation has no such figure; it has "
                                   f"{', '.join(sorted(metrics))}")
+            if step == 0:
+                # The untrained model: the median pruner compares each trial's BEST value so far, and where the
+                # first steps raise the loss (the miniature's adapters do) step 0 would stay every trial's best,
+                # so that no trial could ever be pruned.
+                return
             value = float(metrics[metric])
             trial.report(value if math.isfinite(value) else worst, step)
             if (max_steps is None or step < max_steps) and trial.should_prune():
