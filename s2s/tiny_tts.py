@@ -19,7 +19,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from s2s.progress import progress_bar
 from s2s.tokens import TokenLayout, generation_prompt, speech_suffix

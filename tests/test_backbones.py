@@ -61,7 +61,7 @@ def test_token_layout_is_derived_from_the_backbones(tiny_core):
     assert tiny_core.llm_dim == 128
 
 
-def test_recentred_tiny_snac_gives_many_distinct_codes(tiny_core, synth_examples, prepared_items):
+def test_fitted_tiny_snac_gives_many_distinct_codes(tiny_core, synth_examples, prepared_items):
     from snac import SNAC
 
     from s2s.tiny import SNAC_CONFIG
@@ -76,7 +76,7 @@ def test_recentred_tiny_snac_gives_many_distinct_codes(tiny_core, synth_examples
     centred = set().union(*(coarse(it) for it in prepared_items))
     assert len(centred) > 20, f"only {len(centred)} distinct coarse codes over {len(examples)} utterances"
 
-    # the same architecture and seed WITHOUT the re-centring: the almost constant code of REFERENCE §8
+    # the same architecture and seed WITHOUT the fit (s2s/tiny_codec.py): the almost constant code of REFERENCE §8
     torch.manual_seed(0)
     raw = SNAC(**SNAC_CONFIG).eval()
     few = range(3)
