@@ -138,9 +138,12 @@ def _one_thread():
 
 def _codes(snac, waves24k: list[np.ndarray]) -> list[list[torch.Tensor]]:
     """SNAC codes ([n], [2n], [4n]) of each waveform, encoded alone (as preparation does)."""
-    with torch.inference_mode(), ThreadPoolExecutor(2) as pool:  # two single-threaded encoders at once
-        return list(pool.map(lambda w: [c[0] for c in snac.encode(torch.from_numpy(w).float().view(1, 1, -1))],
-                             waves24k))
+    def encode(w: np.ndarray) -> list[torch.Tensor]:
+        with torch.inference_mode():  # thread-local: set in the worker thread itself
+            return [c[0] for c in snac.encode(torch.from_numpy(w).float().view(1, 1, -1))]
+
+    with ThreadPoolExecutor(2) as pool:  # two single-threaded encoders at once
+        return list(pool.map(encode, waves24k))
 
 
 def measure(backbones: dict[str, str], held_out: list) -> dict:
