@@ -10,6 +10,7 @@ Frozen means: `requires_grad=False`, eval mode, never handed to an optimizer, bf
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -29,6 +30,7 @@ with warnings.catch_warnings():  # snac's import calls the deprecated torch.jit.
     from snac import SNAC
 
 from s2s.errors import UserError
+from s2s.threads import one_thread
 from s2s.tiny import ensure_tiny_backbones
 from s2s.tokens import TokenLayout
 
@@ -200,8 +202,13 @@ class FrozenCore:
     @torch.no_grad()
     def encode_codes(self, wave24k: torch.Tensor) -> list[torch.Tensor]:
         """SNAC codes of one 24 kHz waveform [T]: 3 int64 tensors [n], [2n], [4n] (CPU)."""
-        codes = self.snac.encode(wave24k.view(1, 1, -1).to(self.device, torch.float32))
+        with self._snac_threads():
+            codes = self.snac.encode(wave24k.view(1, 1, -1).to(self.device, torch.float32))
         return [c[0].cpu() for c in codes]
+
+    def _snac_threads(self):
+        """One intra-op thread for SNAC on a CPU (s2s/threads.py: two ran it 5-14x slower here)."""
+        return one_thread() if self.device.type == "cpu" else contextlib.nullcontext()
 
     @torch.no_grad()
     def encode_codes_batch(self, waves24k: list[torch.Tensor], max_seconds: float | None = None) -> list[list[torch.Tensor]]:
@@ -231,7 +238,8 @@ class FrozenCore:
                 x = torch.zeros(len(idx), 1, n * pad_to)
                 for row, i in enumerate(idx):
                     x[row, 0, :len(waves24k[i])] = waves24k[i]
-                codes = self.snac.encode(x.to(self.device, torch.float32))
+                with self._snac_threads():
+                    codes = self.snac.encode(x.to(self.device, torch.float32))
                 for row, i in enumerate(idx):
                     out[i] = [c[row].cpu() for c in codes]
         return out

@@ -18,7 +18,6 @@ method can teach a trained TTS model to listen, not how well real speech is reco
 """
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import shutil
@@ -40,6 +39,7 @@ with warnings.catch_warnings():  # snac's import calls the deprecated torch.jit.
 
 from s2s.data.loader import DataConfig, load_examples
 from s2s.data.synth import synthesize_dataset
+from s2s.threads import one_thread
 from s2s.tiny_codec import fit_quantizers, reconstruction_db
 from s2s.tiny_tts import train_tts
 from s2s.tokens import TokenLayout, codes_to_tokens
@@ -124,18 +124,6 @@ def build_snac(out: Path, waves24k: list[np.ndarray], seed: int = 0):
     return {"fitted_on_utterances": min(CODEC_FIT, len(waves24k)), "distinct_codes_per_codebook": used}, snac
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """One intra-op thread: the build's numbers then do not depend on the machine's core count, and
-    SNAC's small convolutions run 20x faster than on two threads that other processes preempt."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _codes(snac, waves24k: list[np.ndarray]) -> list[list[torch.Tensor]]:
     """SNAC codes ([n], [2n], [4n]) of each waveform, encoded alone (as preparation does)."""
     def encode(w: np.ndarray) -> list[torch.Tensor]:
@@ -187,7 +175,9 @@ def _build(dirs: dict[str, Path], progress: bool) -> None:
     print(f"building the miniature's backbones in {sorted({str(d.parent) for d in dirs.values()})} (once, "
           "about 5 minutes on 2 cores) ...", flush=True)
     seconds = {}
-    with _one_thread():
+    # One intra-op thread: the build's numbers then do not depend on the machine's core count (and SNAC's
+    # small convolutions run much faster, s2s/threads.py).
+    with one_thread():
         if not (dirs["whisper"] / "config.json").is_file():
             _install(dirs["whisper"], build_whisper)
         if all((dirs[k] / "config.json").is_file() for k in ("orpheus", "snac")):
