@@ -97,6 +97,21 @@ def prepared_data(cfg: ExperimentConfig, core: FrozenCore, progress: bool = True
     return train_items, eval_items, copy.deepcopy(skips)
 
 
+_BRACKETS: dict[str, dict] = {}  # eval data and backbones -> the frozen LM's brackets (s2s/brackets.py)
+
+
+def brackets_of(cfg: ExperimentConfig, core: FrozenCore, eval_items: list) -> dict[str, float]:
+    """`score_brackets` of the frozen core on the eval items, once per process for given eval data and
+    backbones: they do not depend on the strategy, so the runs of a comparison and the trials of a
+    search share them (two eval passes of the frozen LM each, at full scale minutes on a GPU)."""
+    key = json.dumps([dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.cache), dataclasses.asdict(core.cfg),
+                      cfg.train.eval_batch_size], sort_keys=True, default=str)
+    if key not in _BRACKETS:
+        _BRACKETS.clear()
+        _BRACKETS[key] = score_brackets(core, eval_items, cfg.train.eval_batch_size)
+    return dict(_BRACKETS[key])
+
+
 def prepare_dataset(cfg: ExperimentConfig, progress: bool = True) -> dict:
     """Prepare the train and eval splits of `cfg` ahead of training (what is missing of them) ->
     a summary: samples, hours of audio, skip counts, the shard directories and their size on disk."""
@@ -297,7 +312,7 @@ def train(cfg: ExperimentConfig, parent_run_id: str | None = None, progress: boo
             log_data_inputs(run, cfg, len(train_items), len(eval_items))
         bracket_metrics = {}
         if cfg.brackets and rank == 0:  # before build_strategy: a LoRA strategy changes the core's LLM
-            bracket_metrics = score_brackets(core, eval_items, cfg.train.eval_batch_size)
+            bracket_metrics = brackets_of(cfg, core, eval_items)
             if point is None:
                 run.log_metrics(bracket_metrics, 0)
         torch.manual_seed(cfg.train.seed)  # the seed decides the initial trainable weights too

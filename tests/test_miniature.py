@@ -144,3 +144,36 @@ def test_fraction_and_summary_line():
                f"brackets/{TOPLINE}/loss": 4.0, f"brackets/{TOPLINE}/loss_k0": 3.1}
     line = summary_line(metrics, {"eval/loss": 4.75, "eval/loss_k0": 4.0})
     assert LINE.match(line).groups() == ("5.500", "4.000", "4.750", "5.200", "3.100", "4.000")
+
+
+def test_tiny_names_the_brackets_as_brackets_does():
+    from s2s.tiny import FLOOR_KEY, TOPLINE_KEY
+
+    assert (FLOOR_KEY, TOPLINE_KEY) == (FLOOR, TOPLINE)  # a copy (an import would be a cycle): kept equal here
+
+
+def test_run_ends_with_the_miniature_line_and_brackets_are_scored_once(synth_dataset, tiny_backbone_cfg,
+                                                                       prepared_cache_dir, tmp_path, capsys,
+                                                                       monkeypatch):
+    """`python -m experiments.run` (what `make demo` runs) ends with the line a script reads; a second run on
+    the same eval data and backbones reuses the brackets instead of scoring the frozen LM again."""
+    from experiments import run
+    from s2s import experiment
+    from tests.core_fixtures import short_run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    experiment._BRACKETS.clear()
+    calls = []
+    score = experiment.score_brackets
+    monkeypatch.setattr(experiment, "score_brackets", lambda *a, **k: calls.append(1) or score(*a, **k))
+    lines = []
+    for seed in (0, 1):
+        args = short_run(synth_dataset, tiny_backbone_cfg, prepared_cache_dir, tmp_path / "mlruns",
+                         tmp_path / f"out{seed}", **{"train.max_steps": 1, "train.seed": seed})
+        assert run.main(["adapter_stage1", *args, "--no-progress"]) == 0
+        lines.append(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(calls) == 1
+    floors = [LINE.match(line).groups()[::3] for line in lines]  # (floor, k0 floor) of each run
+    assert floors[0] == floors[1]
+    x0, y0 = (float(v) for v in LINE.match(lines[0]).groups()[3:5])
+    assert x0 > y0
